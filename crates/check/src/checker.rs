@@ -1,0 +1,798 @@
+//! Linearizability checking by WGL search with memoization and per-key decomposition.
+//!
+//! # The question
+//!
+//! A history is linearizable when every operation that completed with `ok` can be given a
+//! single instant between its invoke and its completion, every `info` operation either an
+//! instant after its invoke or none at all, such that applying the operations one by one in
+//! the order of those instants to the sequential model gives every `ok` operation the
+//! result it reported. `fail` operations did not happen.
+//!
+//! # The search
+//!
+//! We follow the algorithm of Wing & Gong ("Testing and verifying concurrent objects",
+//! 1993) as improved by Lowe ("Testing for linearizability", 2017), the same algorithm
+//! Porcupine and Knossos' `wgl` checker use:
+//!
+//! - The history becomes a doubly linked list of *call* and *return* entries in real-time
+//!   order. A depth-first search repeatedly picks a call entry from the front of the list
+//!   (an operation that may be linearized next: it was invoked before every pending
+//!   return), applies it to the model, and if the model accepts it, *lifts* the call and its
+//!   return out of the list and starts again from the front. Reaching a return entry means
+//!   that operation's deadline has passed unlinearized: the search backtracks, unlifting the
+//!   most recent choice (dancing-links style, so undo is O(1)).
+//! - Lowe's improvement: a configuration is the set of linearized operations (a bitset) plus
+//!   the model state. Two paths that reach the same configuration have the same future, so
+//!   a configuration is explored once. This turns an exponential search into one bounded by
+//!   the number of distinct configurations, which for real histories is small.
+//! - `info` operations have no return entry (their return is at +∞): they may be linearized
+//!   anywhere after their call. Reaching the end of the list with only `info` calls left
+//!   means success: those operations never took effect.
+//!
+//! # P-compositionality
+//!
+//! Linearizability is local (Herlihy & Wing): a history of a map is linearizable iff the
+//! sub-history of each key is. Following Horn & Kroening ("Faster linearizability checking
+//! via P-compositionality", 2015), the model splits the history into partitions, one per
+//! key, and each is searched on its own; the check stops at the first key that fails.
+//!
+//! # Pruning that keeps the search small
+//!
+//! - `fail` operations are dropped, and so are `info` reads (an unknown read constrains
+//!   nothing). Values are interned into small integers.
+//! - An `info` operation whose effect (for a register: the value it writes) no remaining
+//!   operation can observe is useless to apply: after it the object is in a state that
+//!   nothing reads back, and only a blind write leaves such a state, so any linearization
+//!   using it stays valid without it. The search skips such an operation once every
+//!   operation observing its effect is linearized, and the partition drops it outright when
+//!   nothing observes it at all. This keeps histories with many `info` writes tractable.
+//! - A cheap static check first rejects operations that no order can explain (a read of a
+//!   value nobody wrote), with a precise explanation and no search.
+//!
+//! # Caveats
+//!
+//! - The visited set stores 128-bit fingerprints of configurations (Zobrist hashing of the
+//!   bitset combined with a hash of the state), not the configurations themselves: 16 bytes
+//!   per configuration instead of one bit per operation. A fingerprint collision could prune
+//!   an unexplored branch and so report a violation that is not one; with 128 bits the
+//!   probability is below 2^-80 even for a billion configurations.
+//! - The problem is NP-complete in general. The search has a budget (configurations per key
+//!   and wall-clock time, see [`CheckOptions`]) and answers [`CheckOutcome::Unknown`] when it
+//!   runs out, rather than running forever.
+//! - The explanation of a violation describes the deepest point the search reached; when
+//!   several independent contradictions exist it names one of them.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::history::{F, History, Operation, Position, Status, Value};
+use crate::model::{
+    KvModel, Model, ModelError, ModelKind, Partition, PartitionOp, RegisterModel, mix128,
+};
+
+/// Limits of one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Most distinct configurations explored per key before giving up with `Unknown`.
+    /// Memory is about 32 bytes per configuration.
+    pub max_configs_per_key: u64,
+    /// Wall-clock limit for the whole check; `None` = no limit.
+    pub time_limit: Option<Duration>,
+}
+
+impl Default for CheckOptions {
+    /// Ten million configurations per key (about 320 MB at worst) and five minutes.
+    fn default() -> Self {
+        CheckOptions { max_configs_per_key: 10_000_000, time_limit: Some(Duration::from_secs(300)) }
+    }
+}
+
+/// One operation as shown in a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OpRef {
+    /// The client process.
+    pub process: u64,
+    /// The function.
+    pub f: String,
+    /// The key (`""` for the single register).
+    pub key: String,
+    /// The invoke's value.
+    pub value: Value,
+    /// The value an `ok` completion carried (what a read returned).
+    pub result: Value,
+    /// How it ended.
+    pub status: Status,
+    /// The invoke event.
+    pub invoke: Position,
+    /// The completion event, if any.
+    pub complete: Option<Position>,
+    /// Short form such as `read → 7`, `write 3`, `cas 3 → 4`.
+    pub description: String,
+}
+
+impl OpRef {
+    /// Builds the report form of an operation.
+    pub fn new(operation: &Operation) -> OpRef {
+        OpRef {
+            process: operation.process,
+            f: operation.f.to_string(),
+            key: operation.key.clone(),
+            value: operation.value.clone(),
+            result: operation.result.clone(),
+            status: operation.status,
+            invoke: operation.invoke,
+            complete: operation.complete,
+            description: describe_operation(operation),
+        }
+    }
+
+    /// "invoked at line 3, completed at line 5", or the `info` / never-completed variants.
+    pub fn window(&self) -> String {
+        match (self.complete, self.status) {
+            (None, _) => format!("invoked at {}, never completed", self.invoke),
+            (Some(c), Status::Info) => {
+                format!("invoked at {}, outcome unknown (info at {c})", self.invoke)
+            }
+            (Some(c), _) => format!("invoked at {}, completed at {c}", self.invoke),
+        }
+    }
+}
+
+/// `read → 7`, `write 3`, `cas 3 → 4`, `delete`, or `f value` for other functions.
+pub fn describe_operation(operation: &Operation) -> String {
+    let known = operation.status != Status::Info;
+    match &operation.f {
+        F::Read if known => format!("read → {}", operation.result),
+        F::Read => "read → ?".to_owned(),
+        F::Write => format!("write {}", operation.value),
+        F::Cas => match &operation.value {
+            Value::List(pair) if pair.len() == 2 => format!("cas {} → {}", pair[0], pair[1]),
+            other => format!("cas {other}"),
+        },
+        F::Delete => "delete".to_owned(),
+        F::Other(name) => format!("{name} {}", operation.value),
+    }
+}
+
+/// Why a history is not linearizable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// The key whose sub-history fails (`""` for the single register).
+    pub key: String,
+    /// Operations on that key that the search had to place (after pruning).
+    pub operations_on_key: usize,
+    /// The longest linearizable prefix found, in linearization order. Empty when the
+    /// violation was found without searching.
+    pub prefix: Vec<OpRef>,
+    /// The model state after that prefix.
+    pub state_after_prefix: String,
+    /// The operation that could not be linearized after the prefix.
+    pub stuck: OpRef,
+    /// States in which the search tried the stuck operation and the model refused it.
+    pub refused_in: Vec<String>,
+    /// States in which the stuck operation could take effect (every such path failed later).
+    pub accepted_in: Vec<String>,
+    /// The operations still to be placed when the search got stuck: the stuck operation
+    /// and every operation invoked before it completed that the prefix does not contain.
+    pub unordered: Vec<OpRef>,
+    /// One paragraph saying why, for people.
+    pub explanation: String,
+}
+
+/// The verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// Some order of the operations explains every result.
+    Linearizable,
+    /// No order does; the violation explains the first failing key.
+    NotLinearizable(Box<Violation>),
+    /// The budget ran out before a verdict.
+    Unknown {
+        /// Which limit, on which key.
+        reason: String,
+    },
+}
+
+/// Counters of one check.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CheckStats {
+    /// The model's name.
+    pub model: String,
+    /// Operations in the history.
+    pub operations: usize,
+    /// Keys (partitions) in the history.
+    pub keys: usize,
+    /// Keys searched before the verdict (the check stops at the first failing key).
+    pub keys_checked: usize,
+    /// Operations placed by the search, summed over checked keys.
+    pub searched_operations: usize,
+    /// `fail` operations, which are dropped.
+    pub dropped_fail: usize,
+    /// `info` operations dropped because they cannot matter (reads; unobservable writes).
+    pub dropped_info: usize,
+    /// Distinct configurations explored, summed over keys.
+    pub configs: u64,
+    /// Wall-clock time of the check in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// A verdict with its counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The verdict.
+    pub outcome: CheckOutcome,
+    /// The counters.
+    pub stats: CheckStats,
+}
+
+/// Checks a history against one of the named models.
+pub fn check_history(
+    history: &History,
+    kind: ModelKind,
+    options: &CheckOptions,
+) -> Result<CheckReport, ModelError> {
+    match kind {
+        ModelKind::Register => check(&RegisterModel, history, options),
+        ModelKind::Kv => check(&KvModel, history, options),
+    }
+}
+
+/// Checks a history against any model. Errors only when the model cannot interpret an
+/// operation (unknown `f`, malformed value).
+pub fn check<M: Model>(
+    model: &M,
+    history: &History,
+    options: &CheckOptions,
+) -> Result<CheckReport, ModelError> {
+    let started = Instant::now();
+    let deadline = options.time_limit.map(|limit| started + limit);
+    let partitions = model.partition(history)?;
+    let mut stats = CheckStats {
+        model: model.name().to_owned(),
+        operations: history.operations.len(),
+        keys: partitions.len(),
+        dropped_fail: history.operations.iter().filter(|o| o.status == Status::Fail).count(),
+        ..CheckStats::default()
+    };
+    let info_total = history.operations.iter().filter(|o| o.status == Status::Info).count();
+    let mut info_kept = 0;
+    let mut unknown: Option<String> = None;
+    let mut outcome = None;
+
+    for partition in partitions {
+        let partition = drop_unobservable_info(partition);
+        info_kept += partition.ops.iter().filter(|o| o.info).count();
+        stats.keys_checked += 1;
+        stats.searched_operations += partition.ops.len();
+
+        if let Some(impossible) = model.impossible(history, &partition) {
+            outcome = Some(CheckOutcome::NotLinearizable(Box::new(static_violation(
+                history,
+                &partition,
+                impossible.op,
+                impossible.reason,
+            ))));
+            break;
+        }
+        if partition.ops.is_empty() {
+            continue;
+        }
+        let mut search = Search::new(model, &partition, history);
+        let mut budget =
+            Budget { configs_left: options.max_configs_per_key, configs_used: 0, deadline };
+        let end = search.run(&mut budget, None);
+        stats.configs += budget.configs_used;
+        match end {
+            SearchEnd::Linearizable => {}
+            SearchEnd::OutOfBudget(limit) => {
+                let key = key_phrase(&partition.key);
+                unknown.get_or_insert(format!(
+                    "{limit} on {key} after exploring {} configurations of {} operations",
+                    budget.configs_used,
+                    partition.ops.len()
+                ));
+                if limit == Limit::Time {
+                    break;
+                }
+            }
+            SearchEnd::Stuck(deepest) => {
+                // Replay the same deterministic search, this time recording the prefix and
+                // the states the stuck operation met. It explores exactly what the first
+                // pass did, so it needs no budget of its own beyond that.
+                let mut trace = Trace::new(deepest.depth, deepest.stuck);
+                let mut replay = Budget {
+                    configs_left: budget.configs_used + 1,
+                    configs_used: 0,
+                    deadline: None,
+                };
+                let _ = search.run(&mut replay, Some(&mut trace));
+                outcome = Some(CheckOutcome::NotLinearizable(Box::new(
+                    search.violation(&deepest, trace),
+                )));
+                break;
+            }
+        }
+    }
+
+    stats.dropped_info = info_total.saturating_sub(info_kept);
+    stats.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let outcome = outcome.unwrap_or(match unknown {
+        Some(reason) => CheckOutcome::Unknown { reason },
+        None => CheckOutcome::Linearizable,
+    });
+    Ok(CheckReport { outcome, stats })
+}
+
+fn key_phrase(key: &str) -> String {
+    if key.is_empty() { "the register".to_owned() } else { format!("key {key:?}") }
+}
+
+/// Drops `info` operations whose effect nothing observes, repeating because dropping one
+/// may leave another without observers.
+fn drop_unobservable_info<O, S>(mut partition: Partition<O, S>) -> Partition<O, S> {
+    loop {
+        let mut observers = vec![0_usize; partition.tokens];
+        for op in &partition.ops {
+            for &token in &op.observes {
+                observers[token as usize] += 1;
+            }
+        }
+        let before = partition.ops.len();
+        partition
+            .ops
+            .retain(|op| !op.info || op.effect.is_none_or(|token| observers[token as usize] > 0));
+        if partition.ops.len() == before {
+            return partition;
+        }
+    }
+}
+
+/// A violation found by the model's static check: no search, so no prefix.
+fn static_violation<O, S>(
+    history: &History,
+    partition: &Partition<O, S>,
+    op: usize,
+    reason: String,
+) -> Violation {
+    let stuck = OpRef::new(&history.operations[partition.ops[op].operation]);
+    let explanation = format!(
+        "On {}, {} ({}) cannot be linearized anywhere: {reason}.",
+        key_phrase(&partition.key),
+        who(&stuck),
+        stuck.window()
+    );
+    Violation {
+        key: partition.key.clone(),
+        operations_on_key: partition.ops.len(),
+        prefix: Vec::new(),
+        state_after_prefix: String::new(),
+        unordered: vec![stuck.clone()],
+        stuck,
+        refused_in: Vec::new(),
+        accepted_in: Vec::new(),
+        explanation,
+    }
+}
+
+fn who(op: &OpRef) -> String {
+    format!("process {}'s {}", op.process, op.description)
+}
+
+/// Which limit stopped a search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limit {
+    Configs,
+    Time,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Limit::Configs => "configuration limit reached",
+            Limit::Time => "time limit reached",
+        })
+    }
+}
+
+/// What a search may still spend.
+struct Budget {
+    configs_left: u64,
+    configs_used: u64,
+    deadline: Option<Instant>,
+}
+
+impl Budget {
+    fn take_config(&mut self) -> bool {
+        if self.configs_left == 0 {
+            return false;
+        }
+        self.configs_left -= 1;
+        self.configs_used += 1;
+        true
+    }
+
+    fn time_up(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// How a search ended.
+enum SearchEnd<S> {
+    Linearizable,
+    Stuck(Deepest<S>),
+    OutOfBudget(Limit),
+}
+
+/// The deepest dead end: how many operations were linearized, which operation's return
+/// stopped the search there, and the state.
+struct Deepest<S> {
+    depth: usize,
+    stuck: usize,
+    state: S,
+}
+
+/// What the replay records about the deepest dead end.
+struct Trace<S> {
+    target_depth: usize,
+    stuck: usize,
+    refused: Vec<S>,
+    accepted: Vec<S>,
+    /// Prefix (linearization order) and pending operations at the deepest dead end.
+    snapshot: Option<(Vec<usize>, Vec<usize>)>,
+}
+
+impl<S: PartialEq + Clone> Trace<S> {
+    /// Distinct states kept per list, enough for a readable explanation.
+    const STATES_MAX: usize = 16;
+
+    fn new(target_depth: usize, stuck: usize) -> Self {
+        Trace { target_depth, stuck, refused: Vec::new(), accepted: Vec::new(), snapshot: None }
+    }
+
+    fn note(list: &mut Vec<S>, state: &S) {
+        if list.len() < Self::STATES_MAX && !list.contains(state) {
+            list.push(state.clone());
+        }
+    }
+}
+
+/// Marker for "no entry".
+const NIL: u32 = u32::MAX;
+/// The list's head sentinel.
+const HEAD: u32 = 0;
+
+/// The call/return entries of one partition as an index-linked list.
+struct Entries {
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    /// Operation (index into the partition) of each entry.
+    op: Vec<u32>,
+    is_call: Vec<bool>,
+    /// For a call entry: its return entry, or `NIL` for an `info` operation.
+    ret: Vec<u32>,
+    /// The tail sentinel.
+    tail: u32,
+}
+
+impl Entries {
+    /// Entries in real-time order: by the position of their event in the history.
+    fn new<O>(ops: &[PartitionOp<O>], history: &History) -> Entries {
+        let mut events: Vec<(usize, u32, bool)> = Vec::with_capacity(ops.len() * 2);
+        for (i, op) in ops.iter().enumerate() {
+            let operation = &history.operations[op.operation];
+            let i = u32::try_from(i).unwrap_or(NIL);
+            events.push((operation.invoke.index, i, true));
+            if !op.info
+                && let Some(complete) = operation.complete
+            {
+                events.push((complete.index, i, false));
+            }
+        }
+        events.sort_unstable_by_key(|e| e.0);
+        let count = events.len();
+        let tail = u32::try_from(count + 1).unwrap_or(NIL);
+        let mut entries = Entries {
+            next: (1..=tail).chain([NIL]).collect(),
+            prev: [NIL].into_iter().chain(0..tail).collect(),
+            op: vec![NIL; count + 2],
+            is_call: vec![false; count + 2],
+            ret: vec![NIL; count + 2],
+            tail,
+        };
+        let mut call_entry = vec![NIL; ops.len()];
+        for (slot, &(_, op, is_call)) in events.iter().enumerate() {
+            let entry = slot + 1;
+            entries.op[entry] = op;
+            entries.is_call[entry] = is_call;
+            if is_call {
+                call_entry[op as usize] = u32::try_from(entry).unwrap_or(NIL);
+            } else {
+                entries.ret[call_entry[op as usize] as usize] = u32::try_from(entry).unwrap_or(NIL);
+            }
+        }
+        entries
+    }
+
+    fn unlink(&mut self, e: u32) {
+        let (p, n) = (self.prev[e as usize], self.next[e as usize]);
+        self.next[p as usize] = n;
+        self.prev[n as usize] = p;
+    }
+
+    fn relink(&mut self, e: u32) {
+        let (p, n) = (self.prev[e as usize], self.next[e as usize]);
+        self.next[p as usize] = e;
+        self.prev[n as usize] = e;
+    }
+
+    /// Removes a call entry and its return entry.
+    fn lift(&mut self, call: u32) {
+        self.unlink(call);
+        let ret = self.ret[call as usize];
+        if ret != NIL {
+            self.unlink(ret);
+        }
+    }
+
+    /// Undoes `lift`; valid because lifts are undone in reverse order.
+    fn unlift(&mut self, call: u32) {
+        let ret = self.ret[call as usize];
+        if ret != NIL {
+            self.relink(ret);
+        }
+        self.relink(call);
+    }
+}
+
+/// Hashes an already random 128-bit fingerprint by folding it: no need to hash again.
+#[derive(Clone, Copy, Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-u128 keys, which the visited set does not use; stay correct.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct BuildFold;
+
+impl BuildHasher for BuildFold {
+    type Hasher = FoldHasher;
+
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher(0)
+    }
+}
+
+/// The search over one partition.
+struct Search<'a, M: Model> {
+    model: &'a M,
+    partition: &'a Partition<M::Op, M::State>,
+    history: &'a History,
+    list: Entries,
+    /// Zobrist key of each operation: the bitset's fingerprint is the XOR of its members'.
+    zobrist: Vec<u128>,
+    /// Per relevance token: operations observing it that are not linearized yet.
+    observers_left: Vec<u32>,
+}
+
+impl<'a, M: Model> Search<'a, M> {
+    fn new(model: &'a M, partition: &'a Partition<M::Op, M::State>, history: &'a History) -> Self {
+        let mut observers_left = vec![0_u32; partition.tokens];
+        for op in &partition.ops {
+            for &token in &op.observes {
+                observers_left[token as usize] += 1;
+            }
+        }
+        Search {
+            model,
+            partition,
+            history,
+            list: Entries::new(&partition.ops, history),
+            // A high bit keeps these keys apart from the small integers states are mixed from.
+            zobrist: (0..partition.ops.len()).map(|i| mix128((1 << 63) | i as u64)).collect(),
+            observers_left,
+        }
+    }
+
+    fn relevant(&self, op: &PartitionOp<M::Op>) -> bool {
+        !op.info || op.effect.is_none_or(|token| self.observers_left[token as usize] > 0)
+    }
+
+    fn linearize(&mut self, op: usize) {
+        for &token in &self.partition.ops[op].observes {
+            self.observers_left[token as usize] -= 1;
+        }
+    }
+
+    fn unlinearize(&mut self, op: usize) {
+        for &token in &self.partition.ops[op].observes {
+            self.observers_left[token as usize] += 1;
+        }
+    }
+
+    /// The depth-first search. Leaves the list and counters as it found them unless the
+    /// budget runs out.
+    fn run(
+        &mut self,
+        budget: &mut Budget,
+        mut trace: Option<&mut Trace<M::State>>,
+    ) -> SearchEnd<M::State> {
+        /// How often the clock is read: often enough to stop within milliseconds.
+        const CLOCK_EVERY: u64 = 4096;
+        let mut visited: HashSet<u128, BuildFold> = HashSet::with_hasher(BuildFold);
+        let mut stack: Vec<(u32, M::State)> = Vec::new();
+        let mut state = self.partition.init.clone();
+        let mut bits: u128 = 0;
+        visited.insert(self.model.fingerprint(&state));
+        let mut deepest: Option<Deepest<M::State>> = None;
+        let mut entry = self.list.next[HEAD as usize];
+        let mut iterations: u64 = 0;
+
+        loop {
+            iterations += 1;
+            if iterations.is_multiple_of(CLOCK_EVERY) && budget.time_up() {
+                return SearchEnd::OutOfBudget(Limit::Time);
+            }
+            if entry == self.list.tail {
+                // Only info operations are left; they never took effect.
+                return SearchEnd::Linearizable;
+            }
+            let e = entry as usize;
+            if self.list.is_call[e] {
+                let op = self.list.op[e] as usize;
+                let pop = &self.partition.ops[op];
+                if self.relevant(pop) {
+                    let next = self.model.step(&state, &pop.op);
+                    if let Some(trace) = trace.as_deref_mut()
+                        && op == trace.stuck
+                    {
+                        let list =
+                            if next.is_some() { &mut trace.accepted } else { &mut trace.refused };
+                        Trace::note(list, &state);
+                    }
+                    if let Some(next) = next {
+                        let next_bits = bits ^ self.zobrist[op];
+                        if visited.insert(next_bits ^ self.model.fingerprint(&next)) {
+                            if !budget.take_config() {
+                                return SearchEnd::OutOfBudget(Limit::Configs);
+                            }
+                            stack.push((entry, std::mem::replace(&mut state, next)));
+                            bits = next_bits;
+                            self.linearize(op);
+                            self.list.lift(entry);
+                            entry = self.list.next[HEAD as usize];
+                            continue;
+                        }
+                    }
+                }
+                entry = self.list.next[e];
+            } else {
+                // A return entry: its operation's deadline passed unlinearized. Backtrack.
+                let depth = stack.len();
+                if deepest.as_ref().is_none_or(|d| depth > d.depth) {
+                    deepest = Some(Deepest {
+                        depth,
+                        stuck: self.list.op[e] as usize,
+                        state: state.clone(),
+                    });
+                }
+                if let Some(trace) = trace.as_deref_mut()
+                    && trace.snapshot.is_none()
+                    && depth == trace.target_depth
+                {
+                    let prefix = stack
+                        .iter()
+                        .map(|(call, _)| self.list.op[*call as usize] as usize)
+                        .collect();
+                    trace.snapshot = Some((prefix, self.pending_before(entry)));
+                }
+                let Some((call, previous)) = stack.pop() else {
+                    let stuck = self.list.op[e] as usize;
+                    return SearchEnd::Stuck(deepest.unwrap_or(Deepest { depth, stuck, state }));
+                };
+                let op = self.list.op[call as usize] as usize;
+                self.unlinearize(op);
+                bits ^= self.zobrist[op];
+                state = previous;
+                self.list.unlift(call);
+                entry = self.list.next[call as usize];
+            }
+        }
+    }
+
+    /// Operations whose call entries precede `until` in the list.
+    fn pending_before(&self, until: u32) -> Vec<usize> {
+        let mut pending = Vec::new();
+        let mut e = self.list.next[HEAD as usize];
+        while e != until && e != self.list.tail {
+            if self.list.is_call[e as usize] {
+                pending.push(self.list.op[e as usize] as usize);
+            }
+            e = self.list.next[e as usize];
+        }
+        pending
+    }
+
+    fn op_ref(&self, op: usize) -> OpRef {
+        OpRef::new(&self.history.operations[self.partition.ops[op].operation])
+    }
+
+    fn describe_states(&self, states: &[M::State]) -> Vec<String> {
+        states.iter().map(|s| self.model.describe_state(self.partition, s)).collect()
+    }
+
+    fn violation(&self, deepest: &Deepest<M::State>, trace: Trace<M::State>) -> Violation {
+        let (prefix, pending) = trace.snapshot.unwrap_or_default();
+        let stuck = self.op_ref(deepest.stuck);
+        let refused_in = self.describe_states(&trace.refused);
+        let accepted_in = self.describe_states(&trace.accepted);
+        let state_after_prefix = self.model.describe_state(self.partition, &deepest.state);
+        let key = key_phrase(&self.partition.key);
+        let mut explanation = format!(
+            "On {key}, no order of the {} operations agrees with both real time and the {} model. \
+             The longest linearizable prefix found places {} of them and leaves the value at {}. ",
+            self.partition.ops.len(),
+            self.model.name(),
+            deepest.depth,
+            state_after_prefix,
+        );
+        let who = who(&stuck);
+        let window = stuck.window();
+        if accepted_in.is_empty() && !refused_in.is_empty() {
+            explanation.push_str(&format!(
+                "Then {who} ({window}) must take effect, but over every order of the operations \
+                 before and overlapping it, the value could only be {} while it was in flight, \
+                 and it cannot take effect in {}.",
+                join_or(&refused_in),
+                if refused_in.len() == 1 { "that state" } else { "any of those states" },
+            ));
+        } else if !accepted_in.is_empty() {
+            explanation.push_str(&format!(
+                "Then {who} ({window}) can take effect only while the value is {}, and every order \
+                 that lets it do so contradicts a later operation.",
+                join_or(&accepted_in),
+            ));
+        } else {
+            explanation.push_str(&format!(
+                "Then {who} ({window}) must take effect before it completed, but every order that \
+                 places it there contradicts another operation."
+            ));
+        }
+        Violation {
+            key: self.partition.key.clone(),
+            operations_on_key: self.partition.ops.len(),
+            prefix: prefix.into_iter().map(|op| self.op_ref(op)).collect(),
+            state_after_prefix,
+            stuck,
+            refused_in,
+            accepted_in,
+            unordered: pending.into_iter().map(|op| self.op_ref(op)).collect(),
+            explanation,
+        }
+    }
+}
+
+/// "3", "3 or 5", "3, 5 or 9".
+fn join_or(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}

@@ -159,6 +159,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    type CommitCase<'a> = (&'a [NodeId], &'a [(NodeId, LogIndex)], LogIndex);
+    type VoteCase<'a> = (&'a [NodeId], &'a [(NodeId, bool)], VoteResult);
+
     fn acks(pairs: &[(NodeId, LogIndex)]) -> HashMap<NodeId, LogIndex> {
         pairs.iter().copied().collect()
     }
@@ -166,7 +169,7 @@ mod tests {
     #[test]
     fn majority_committed_index_table() {
         // (voters, acknowledged indexes, expected committed index)
-        let table: &[(&[NodeId], &[(NodeId, LogIndex)], LogIndex)] = &[
+        let table: &[CommitCase] = &[
             (&[1], &[(1, 5)], 5),
             (&[1, 2], &[(1, 5), (2, 3)], 3),
             (&[1, 2, 3], &[(1, 5), (2, 3), (3, 1)], 3),
@@ -188,7 +191,7 @@ mod tests {
     fn majority_vote_table() {
         use VoteResult::*;
         // (voters, votes, expected)
-        let table: &[(&[NodeId], &[(NodeId, bool)], VoteResult)] = &[
+        let table: &[VoteCase] = &[
             (&[1], &[(1, true)], Won),
             (&[1], &[(1, false)], Lost),
             (&[1], &[], Pending),

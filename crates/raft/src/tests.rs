@@ -8,6 +8,9 @@ use quorumkv_core::{ConfChange, ConfChangeStep, ConfState, Entry, EntryKind, Nod
 
 use crate::{Config, Message, MessageBody, Raft, RaftError, ReadState, RestoreState, Role};
 
+/// Rewrites a message in flight; returns true to drop it.
+type MessageFilter = Box<dyn Fn(&mut Message) -> bool>;
+
 struct Cluster {
     nodes: BTreeMap<NodeId, Raft>,
     applied: BTreeMap<NodeId, Vec<Entry>>,
@@ -19,7 +22,7 @@ struct Cluster {
     /// Drop this message kind everywhere.
     drop_kind: Option<&'static str>,
     /// Rewrites each message in flight; drops it if this returns true.
-    drop_if: Option<Box<dyn Fn(&mut Message) -> bool>>,
+    drop_if: Option<MessageFilter>,
     delivered: Vec<Message>,
 }
 

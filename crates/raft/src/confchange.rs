@@ -77,7 +77,9 @@ pub fn apply(conf: &ConfState, change: &ConfChange) -> Result<ConfState, String>
     let mut new = next.voters.clone();
     new.sort_unstable();
     next.voters = new;
-    if old != next.voters {
+    // Leaving an empty configuration (bootstrap) needs no joint phase: there is no C_old
+    // majority to protect.
+    if old != next.voters && !old.is_empty() {
         next.voters_outgoing = old;
     } else {
         // Voters unchanged: a learner-only change takes effect at once.
@@ -127,6 +129,12 @@ mod tests {
         assert!(c.learners.is_empty());
         let left = apply(&c, &ConfChange::default()).unwrap();
         assert_eq!(left, conf(&[2, 3, 4], &[1]));
+    }
+
+    #[test]
+    fn bootstrap_from_empty_is_direct() {
+        let c = apply(&ConfState::default(), &change(&[AddVoter(1), AddVoter(2)])).unwrap();
+        assert_eq!(c, conf(&[1, 2], &[]));
     }
 
     #[test]

@@ -28,13 +28,33 @@ pub struct RestoreState {
     /// The latest local snapshot, if any (its data is what this replica sends to followers
     /// that need a snapshot once it leads).
     pub snapshot: Option<Snapshot>,
-    /// Membership to start from when there is no snapshot (the bootstrap configuration).
-    pub bootstrap_conf: ConfState,
     /// Durable log entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
     /// Highest index the state machine has already applied (≥ the snapshot index). Entries
     /// above it are handed out again for application.
     pub applied: LogIndex,
+}
+
+impl RestoreState {
+    /// The state of an initial member of a new group: one committed membership entry at index
+    /// 1 (term 1) naming the initial voters. Every replica learns membership from the log or a
+    /// snapshot, so a node that joins later with an empty log learns it the same way.
+    pub fn bootstrap(voters: &[NodeId]) -> Self {
+        let change = ConfChange {
+            steps: voters.iter().map(|&id| quorumkv_core::ConfChangeStep::AddVoter(id)).collect(),
+        };
+        Self {
+            hard_state: HardState { term: 1, vote: None, commit: 1 },
+            snapshot: None,
+            entries: vec![Entry {
+                index: 1,
+                term: 1,
+                kind: EntryKind::ConfChange,
+                data: change.encode(),
+            }],
+            applied: 0,
+        }
+    }
 }
 
 /// A read waiting for a heartbeat round or for the first commit of the leader's term.
@@ -179,7 +199,7 @@ impl Raft {
         cfg.validate().map_err(|ConfigError(e)| RaftError::BadRestore(e))?;
         let (snap_index, snap_term, base_conf) = match &state.snapshot {
             Some(s) => (s.meta.index, s.meta.term, s.meta.conf_state.clone()),
-            None => (0, 0, state.bootstrap_conf.clone()),
+            None => (0, 0, ConfState::default()),
         };
         for (i, e) in state.entries.iter().enumerate() {
             if e.index != snap_index + 1 + i as u64 {

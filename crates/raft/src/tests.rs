@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
-use quorumkv_core::{ConfChange, ConfChangeStep, ConfState, Entry, EntryKind, NodeId};
+use quorumkv_core::{ConfChange, ConfChangeStep, Entry, EntryKind, NodeId};
 
 use crate::{Config, Message, MessageBody, Raft, RaftError, ReadState, RestoreState, Role};
 
@@ -36,15 +36,13 @@ impl Cluster {
     }
 
     fn with(ids: &[NodeId], tweak: impl Fn(&mut Config)) -> Self {
-        let conf = ConfState { voters: ids.to_vec(), ..Default::default() };
         let mut nodes = BTreeMap::new();
         for &id in ids {
             let mut c = config(id);
             tweak(&mut c);
-            let state = RestoreState { bootstrap_conf: conf.clone(), ..Default::default() };
-            nodes.insert(id, Raft::new(c, state, id * 7919).unwrap());
+            nodes.insert(id, Raft::new(c, RestoreState::bootstrap(ids), id * 7919).unwrap());
         }
-        Self {
+        let mut cluster = Self {
             nodes,
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -54,12 +52,15 @@ impl Cluster {
             drop_kind: None,
             drop_if: None,
             delivered: Vec::new(),
-        }
+        };
+        // The bootstrap membership entry takes effect when first handed out.
+        cluster.stabilize();
+        cluster
     }
 
-    fn add_node(&mut self, id: NodeId, conf: ConfState) {
-        let state = RestoreState { bootstrap_conf: conf, ..Default::default() };
-        self.nodes.insert(id, Raft::new(config(id), state, id * 7919).unwrap());
+    /// A new, empty replica that learns everything from the leader.
+    fn add_node(&mut self, id: NodeId) {
+        self.nodes.insert(id, Raft::new(config(id), RestoreState::default(), id * 7919).unwrap());
     }
 
     fn node(&mut self, id: NodeId) -> &mut Raft {
@@ -214,7 +215,7 @@ fn votes_are_sent_only_after_persisting() {
         }
     }
     let rd = c.node(1).ready();
-    assert!(rd.hard_state.is_some_and(|hs| hs.vote == Some(1) && hs.term == 1));
+    assert!(rd.hard_state.is_some_and(|hs| hs.vote == Some(1) && hs.term == 2));
     assert!(rd.messages.is_empty());
     assert!(rd.persisted_messages.iter().all(|m| matches!(m.body, MessageBody::Vote { .. })));
     for m in rd.persisted_messages {
@@ -452,8 +453,7 @@ fn lease_read_answers_without_heartbeat_round_and_expires() {
 fn membership_4_3_add_learner_promote_remove() {
     let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);
-    let conf = c.nodes[&1].conf_state().clone();
-    c.add_node(4, conf);
+    c.add_node(4);
     let add = ConfChange { steps: vec![ConfChangeStep::AddLearner(4)] };
     c.node(1).propose_conf_change(add).unwrap();
     c.tick_all(5);
@@ -585,7 +585,6 @@ fn restart_restores_term_vote_log_and_membership() {
             commit: before.commit,
         },
         snapshot: None,
-        bootstrap_conf: before.conf.clone(),
         entries,
         applied: 1,
     };

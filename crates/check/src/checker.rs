@@ -62,7 +62,7 @@
 //! - The explanation of a violation describes the deepest point the search reached; when
 //!   several independent contradictions exist it names one of them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
@@ -589,6 +589,13 @@ struct Search<'a, M: Model> {
     zobrist: Vec<u128>,
     /// Per relevance token: operations observing it that are not linearized yet.
     observers_left: Vec<u32>,
+    /// Per operation: blind in the model's sense (see [`Model::is_blind`]).
+    blind: Vec<bool>,
+    /// Per `info` operation: the previous `info` operation with an identical model op, or
+    /// `NIL`. Such twins are interchangeable, so they are linearized in invoke order only.
+    twin_before: Vec<u32>,
+    /// Per operation: linearized on the current path.
+    linearized: Vec<bool>,
 }
 
 impl<'a, M: Model> Search<'a, M> {
@@ -599,6 +606,16 @@ impl<'a, M: Model> Search<'a, M> {
                 observers_left[token as usize] += 1;
             }
         }
+        let mut last_twin: HashMap<&M::Op, u32> = HashMap::new();
+        let twin_before = (0..partition.ops.len())
+            .map(|i| {
+                let op = &partition.ops[i];
+                if !op.info {
+                    return NIL;
+                }
+                last_twin.insert(&op.op, u32::try_from(i).unwrap_or(NIL)).unwrap_or(NIL)
+            })
+            .collect();
         Search {
             model,
             partition,
@@ -607,20 +624,40 @@ impl<'a, M: Model> Search<'a, M> {
             // A high bit keeps these keys apart from the small integers states are mixed from.
             zobrist: (0..partition.ops.len()).map(|i| mix128((1 << 63) | i as u64)).collect(),
             observers_left,
+            blind: partition.ops.iter().map(|op| model.is_blind(&op.op)).collect(),
+            twin_before,
+            linearized: vec![false; partition.ops.len()],
         }
     }
 
-    fn relevant(&self, op: &PartitionOp<M::Op>) -> bool {
-        !op.info || op.effect.is_none_or(|token| self.observers_left[token as usize] > 0)
+    /// Whether trying `op` next can lead anywhere that skipping it cannot. Every rule here
+    /// only rejects choices that some other path covers:
+    /// - an `info` op whose effect no unlinearized op observes is never needed;
+    /// - of identical `info` ops the earliest invoked can stand in for any later one;
+    /// - right after an `info` blind op only a non-blind op may follow, since a blind one
+    ///   would erase its effect unseen (a path without the `info` op covers that).
+    fn worth_trying(&self, op: usize, after_blind_info: bool) -> bool {
+        if after_blind_info && self.blind[op] {
+            return false;
+        }
+        let pop = &self.partition.ops[op];
+        if !pop.info {
+            return true;
+        }
+        let twin = self.twin_before[op];
+        (twin == NIL || self.linearized[twin as usize])
+            && pop.effect.is_none_or(|token| self.observers_left[token as usize] > 0)
     }
 
     fn linearize(&mut self, op: usize) {
+        self.linearized[op] = true;
         for &token in &self.partition.ops[op].observes {
             self.observers_left[token as usize] -= 1;
         }
     }
 
     fn unlinearize(&mut self, op: usize) {
+        self.linearized[op] = false;
         for &token in &self.partition.ops[op].observes {
             self.observers_left[token as usize] += 1;
         }
@@ -635,9 +672,14 @@ impl<'a, M: Model> Search<'a, M> {
     ) -> SearchEnd<M::State> {
         /// How often the clock is read: often enough to stop within milliseconds.
         const CLOCK_EVERY: u64 = 4096;
+        /// Mixed into the fingerprint of a configuration reached by an `info` blind op, whose
+        /// choices are restricted and so must not stand in for the unrestricted one.
+        const AFTER_BLIND_INFO: u128 = 0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15;
         let mut visited: HashSet<u128, BuildFold> = HashSet::with_hasher(BuildFold);
-        let mut stack: Vec<(u32, M::State)> = Vec::new();
+        // Frames: the call entry linearized, and the state and flag before it.
+        let mut stack: Vec<(u32, M::State, bool)> = Vec::new();
         let mut state = self.partition.init.clone();
+        let mut after_blind_info = false;
         let mut bits: u128 = 0;
         visited.insert(self.model.fingerprint(&state));
         let mut deepest: Option<Deepest<M::State>> = None;
@@ -656,8 +698,8 @@ impl<'a, M: Model> Search<'a, M> {
             let e = entry as usize;
             if self.list.is_call[e] {
                 let op = self.list.op[e] as usize;
-                let pop = &self.partition.ops[op];
-                if self.relevant(pop) {
+                if self.worth_trying(op, after_blind_info) {
+                    let pop = &self.partition.ops[op];
                     let next = self.model.step(&state, &pop.op);
                     if let Some(trace) = trace.as_deref_mut()
                         && op == trace.stuck
@@ -668,11 +710,18 @@ impl<'a, M: Model> Search<'a, M> {
                     }
                     if let Some(next) = next {
                         let next_bits = bits ^ self.zobrist[op];
-                        if visited.insert(next_bits ^ self.model.fingerprint(&next)) {
+                        let next_flag = pop.info && self.blind[op];
+                        let flag_key = if next_flag { AFTER_BLIND_INFO } else { 0 };
+                        if visited.insert(next_bits ^ flag_key ^ self.model.fingerprint(&next)) {
                             if !budget.take_config() {
                                 return SearchEnd::OutOfBudget(Limit::Configs);
                             }
-                            stack.push((entry, std::mem::replace(&mut state, next)));
+                            stack.push((
+                                entry,
+                                std::mem::replace(&mut state, next),
+                                after_blind_info,
+                            ));
+                            after_blind_info = next_flag;
                             bits = next_bits;
                             self.linearize(op);
                             self.list.lift(entry);
@@ -698,11 +747,11 @@ impl<'a, M: Model> Search<'a, M> {
                 {
                     let prefix = stack
                         .iter()
-                        .map(|(call, _)| self.list.op[*call as usize] as usize)
+                        .map(|(call, ..)| self.list.op[*call as usize] as usize)
                         .collect();
                     trace.snapshot = Some((prefix, self.pending_before(entry)));
                 }
-                let Some((call, previous)) = stack.pop() else {
+                let Some((call, previous, previous_flag)) = stack.pop() else {
                     let stuck = self.list.op[e] as usize;
                     return SearchEnd::Stuck(deepest.unwrap_or(Deepest { depth, stuck, state }));
                 };
@@ -710,6 +759,7 @@ impl<'a, M: Model> Search<'a, M> {
                 self.unlinearize(op);
                 bits ^= self.zobrist[op];
                 state = previous;
+                after_blind_info = previous_flag;
                 self.list.unlift(call);
                 entry = self.list.next[call as usize];
             }
@@ -794,5 +844,502 @@ fn join_or(items: &[String]) -> String {
         [] => String::new(),
         [one] => one.clone(),
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{GenConfig, generate};
+
+    /// Builds a history from lines `PROCESS TYPE F [k=KEY] [VALUE]`, VALUE being JSON; going
+    /// through the real parser keeps the tests honest about the format.
+    fn history(lines: &[&str]) -> History {
+        let json: Vec<String> = lines
+            .iter()
+            .map(|line| {
+                let mut parts = line.splitn(4, ' ');
+                let (p, t, f) =
+                    (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+                let mut rest = parts.next().unwrap_or("").trim();
+                let mut key = String::new();
+                if let Some(k) = rest.strip_prefix("k=") {
+                    let (k, tail) = k.split_once(' ').unwrap_or((k, ""));
+                    key = format!(r#","key":"{k}""#);
+                    rest = tail.trim();
+                }
+                let value = if rest.is_empty() { "null" } else { rest };
+                format!(r#"{{"process":{p},"type":"{t}","f":"{f}"{key},"value":{value}}}"#)
+            })
+            .collect();
+        History::parse(&json.join("\n")).expect("test history is well formed")
+    }
+
+    fn outcome(kind: ModelKind, lines: &[&str]) -> CheckOutcome {
+        check_history(&history(lines), kind, &CheckOptions::default()).unwrap().outcome
+    }
+
+    fn violation(kind: ModelKind, lines: &[&str]) -> Violation {
+        match outcome(kind, lines) {
+            CheckOutcome::NotLinearizable(v) => *v,
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_linearizable(kind: ModelKind, lines: &[&str]) {
+        assert_eq!(outcome(kind, lines), CheckOutcome::Linearizable);
+    }
+
+    #[test]
+    fn empty_and_sequential_histories_are_linearizable() {
+        assert_linearizable(ModelKind::Register, &[]);
+        assert_linearizable(
+            ModelKind::Register,
+            &[
+                "0 invoke read",
+                "0 ok read null",
+                "0 invoke write 1",
+                "0 ok write 1",
+                "1 invoke read",
+                "1 ok read 1",
+                "1 invoke cas [1,2]",
+                "1 ok cas [1,2]",
+                "0 invoke read",
+                "0 ok read 2",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_read_overlapping_a_write_may_see_either_value() {
+        for seen in ["0", "1"] {
+            let read = format!("1 ok read {seen}");
+            assert_linearizable(
+                ModelKind::Register,
+                &[
+                    "0 invoke write 0",
+                    "0 ok write 0",
+                    "0 invoke write 1",
+                    "1 invoke read",
+                    &read,
+                    "0 ok write 1",
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn a_stale_read_is_rejected_and_explained() {
+        let v = violation(
+            ModelKind::Register,
+            &[
+                "0 invoke write 1",
+                "0 ok write 1",
+                "0 invoke write 2",
+                "0 ok write 2",
+                "1 invoke read",
+                "1 ok read 1",
+            ],
+        );
+        assert_eq!(v.stuck.description, "read → 1");
+        assert_eq!(v.stuck.invoke.line, 5);
+        assert_eq!(
+            v.prefix.iter().map(|o| o.description.as_str()).collect::<Vec<_>>(),
+            ["write 1", "write 2"]
+        );
+        assert_eq!(v.state_after_prefix, "2");
+        assert_eq!(v.refused_in, ["2"]);
+        assert!(v.accepted_in.is_empty());
+        assert_eq!(v.unordered.len(), 1);
+        assert!(
+            v.explanation.contains(
+                "process 1's read → 1 (invoked at line 5, completed at line 6) must take effect"
+            ) && v.explanation.contains("the value could only be 2 while it was in flight"),
+            "{}",
+            v.explanation
+        );
+    }
+
+    #[test]
+    fn reads_can_go_back_in_time_only_if_a_write_allows_it() {
+        // Two sequential reads inside one write's window: 0 then 1 is fine, 1 then 0 is not.
+        let base = ["0 invoke write 0", "0 ok write 0", "0 invoke write 1"];
+        let fine = [
+            &base[..],
+            &["1 invoke read", "1 ok read 0", "1 invoke read", "1 ok read 1", "0 ok write 1"],
+        ];
+        assert_linearizable(ModelKind::Register, &fine.concat());
+        let back = [
+            &base[..],
+            &["1 invoke read", "1 ok read 1", "1 invoke read", "1 ok read 0", "0 ok write 1"],
+        ];
+        let v = violation(ModelKind::Register, &back.concat());
+        assert_eq!(v.stuck.description, "read → 0");
+        assert_eq!(v.refused_in, ["1"]);
+    }
+
+    #[test]
+    fn an_info_write_that_must_have_happened_explains_a_later_read() {
+        assert_linearizable(
+            ModelKind::Register,
+            &[
+                "0 invoke write 1",
+                "0 info write 1",
+                "1 invoke read",
+                "1 ok read 1",
+                "1 invoke read",
+                "1 ok read 1",
+            ],
+        );
+        // Never completed at all: the same.
+        assert_linearizable(
+            ModelKind::Register,
+            &["0 invoke write 1", "1 invoke read", "1 ok read 1"],
+        );
+    }
+
+    #[test]
+    fn an_info_write_that_must_not_have_happened_is_left_out() {
+        assert_linearizable(
+            ModelKind::Register,
+            &[
+                "1 invoke write 2",
+                "1 ok write 2",
+                "0 invoke write 1",
+                "0 info write 1",
+                "1 invoke read",
+                "1 ok read 2",
+                "2 invoke read",
+                "2 ok read 2",
+            ],
+        );
+    }
+
+    #[test]
+    fn an_info_write_cannot_take_effect_twice() {
+        // The info write of 1 explains the first read of 1, but after the read of 2 (and no
+        // later write of 1) nothing can bring 1 back.
+        let v = violation(
+            ModelKind::Register,
+            &[
+                "0 invoke write 2",
+                "0 ok write 2",
+                "1 invoke write 1",
+                "1 info write 1",
+                "2 invoke read",
+                "2 ok read 1",
+                "0 invoke write 2",
+                "0 ok write 2",
+                "2 invoke read",
+                "2 ok read 1",
+            ],
+        );
+        assert_eq!(v.stuck.invoke.line, 9);
+        assert_eq!(v.refused_in, ["2"]);
+    }
+
+    #[test]
+    fn an_info_write_cannot_happen_before_its_invoke() {
+        let v = violation(
+            ModelKind::Register,
+            &["2 invoke read", "2 ok read 1", "1 invoke write 1", "1 info write 1"],
+        );
+        assert_eq!(v.stuck.description, "read → 1");
+        assert_eq!(v.refused_in, ["null"]);
+    }
+
+    #[test]
+    fn concurrent_cas_cannot_both_succeed_from_the_same_value() {
+        let both = [
+            "0 invoke write 0",
+            "0 ok write 0",
+            "1 invoke cas [0,1]",
+            "2 invoke cas [0,2]",
+            "1 ok cas [0,1]",
+            "2 ok cas [0,2]",
+        ];
+        let v = violation(ModelKind::Register, &both);
+        assert!(v.stuck.f == "cas", "{v:?}");
+        // One succeeds, the other fails: fine.
+        let mut one = both;
+        one[5] = "2 fail cas [0,2]";
+        assert_linearizable(ModelKind::Register, &one);
+        // A chain forces the order 0→1→2.
+        assert_linearizable(
+            ModelKind::Register,
+            &[
+                "0 invoke write 0",
+                "0 ok write 0",
+                "2 invoke cas [1,2]",
+                "1 invoke cas [0,1]",
+                "1 ok cas [0,1]",
+                "2 ok cas [1,2]",
+                "0 invoke read",
+                "0 ok read 2",
+            ],
+        );
+    }
+
+    #[test]
+    fn an_info_cas_may_or_may_not_have_happened() {
+        let prefix = ["0 invoke write 0", "0 ok write 0", "1 invoke cas [0,5]", "1 info cas [0,5]"];
+        for read in ["0", "5"] {
+            let r = format!("2 ok read {read}");
+            assert_linearizable(
+                ModelKind::Register,
+                &[&prefix[..], &["2 invoke read", &r]].concat(),
+            );
+        }
+    }
+
+    #[test]
+    fn non_unique_values_are_handled() {
+        assert_linearizable(
+            ModelKind::Register,
+            &[
+                "0 invoke write 1",
+                "0 ok write 1",
+                "0 invoke write 2",
+                "1 invoke write 1",
+                "2 invoke read",
+                "2 ok read 2",
+                "2 invoke read",
+                "2 ok read 1",
+                "0 ok write 2",
+                "1 ok write 1",
+                "2 invoke read",
+                "2 ok read 1",
+            ],
+        );
+        // The same values, but the read of 2 comes after both writes finished and 1 was read.
+        let v = violation(
+            ModelKind::Register,
+            &[
+                "0 invoke write 1",
+                "0 ok write 1",
+                "0 invoke write 2",
+                "1 invoke write 1",
+                "0 ok write 2",
+                "1 ok write 1",
+                "2 invoke read",
+                "2 ok read 1",
+                "2 invoke read",
+                "2 ok read 2",
+            ],
+        );
+        assert_eq!(v.stuck.invoke.line, 9);
+    }
+
+    #[test]
+    fn only_one_interleaving_of_overlapping_operations_works() {
+        // Writes of 1 and 2 overlap everything; the reads force 2, then 1, then (after both
+        // completed) 1 again: only "write 2, read 2, write 1, read 1, read 1" works.
+        let lines = [
+            "0 invoke write 1",
+            "1 invoke write 2",
+            "2 invoke read",
+            "2 ok read 2",
+            "2 invoke read",
+            "2 ok read 1",
+            "0 ok write 1",
+            "1 ok write 2",
+            "3 invoke read",
+            "3 ok read 1",
+        ];
+        assert_linearizable(ModelKind::Register, &lines);
+        let mut last_two = lines;
+        last_two[9] = "3 ok read 2";
+        let v = violation(ModelKind::Register, &last_two);
+        assert_eq!(v.stuck.invoke.line, 9);
+        assert_eq!(v.refused_in, ["1"]);
+        assert_eq!(v.prefix.len(), 4);
+    }
+
+    #[test]
+    fn failed_operations_never_take_effect() {
+        let v = violation(
+            ModelKind::Register,
+            &["0 invoke write 5", "0 fail write 5", "1 invoke read", "1 ok read 5"],
+        );
+        assert!(v.prefix.is_empty(), "found by the static check");
+        assert!(
+            v.explanation.contains("the only writes of that value failed"),
+            "{}",
+            v.explanation
+        );
+        let v = violation(ModelKind::Register, &["1 invoke read", "1 ok read 7"]);
+        assert!(
+            v.explanation.contains("returned 7, but no operation wrote that value"),
+            "{}",
+            v.explanation
+        );
+    }
+
+    #[test]
+    fn kv_keys_are_independent_and_the_failing_key_is_named() {
+        let lines = [
+            "0 invoke write k=a 1",
+            "1 invoke write k=b 1",
+            "0 ok write k=a 1",
+            "1 ok write k=b 1",
+            "0 invoke read k=b",
+            "0 ok read k=b 1",
+            "1 invoke write k=b 2",
+            "1 ok write k=b 2",
+            "0 invoke read k=a",
+            "0 ok read k=a 1",
+            "0 invoke read k=b",
+            "0 ok read k=b 1",
+        ];
+        let v = violation(ModelKind::Kv, &lines);
+        assert_eq!(v.key, "b");
+        assert_eq!(v.stuck.invoke.line, 11);
+        assert!(v.explanation.starts_with("On key \"b\""), "{}", v.explanation);
+        // The register model refuses two keys rather than mixing them.
+        assert!(
+            check_history(&history(&lines), ModelKind::Register, &CheckOptions::default()).is_err()
+        );
+    }
+
+    #[test]
+    fn kv_delete_makes_a_key_absent() {
+        let lines = [
+            "0 invoke write k=a 1",
+            "0 ok write k=a 1",
+            "0 invoke delete k=a",
+            "0 ok delete k=a",
+            "1 invoke read k=a",
+            "1 ok read k=a null",
+            "1 invoke cas k=a [null,3]",
+            "1 ok cas k=a [null,3]",
+        ];
+        assert_linearizable(ModelKind::Kv, &lines);
+        let mut stale = lines;
+        stale[5] = "1 ok read k=a 1";
+        let v = violation(ModelKind::Kv, &stale);
+        assert_eq!(v.refused_in, ["null"]);
+    }
+
+    #[test]
+    fn an_info_delete_can_explain_an_absent_key() {
+        assert_linearizable(
+            ModelKind::Kv,
+            &[
+                "0 invoke write k=a 1",
+                "0 ok write k=a 1",
+                "1 invoke delete k=a",
+                "2 invoke read k=a",
+                "2 ok read k=a null",
+            ],
+        );
+    }
+
+    #[test]
+    fn unknown_when_the_budget_runs_out() {
+        // Many concurrent writes and a read nobody can explain in order: exhaustive search.
+        let mut lines: Vec<String> = Vec::new();
+        for p in 0..12 {
+            lines.push(format!("{p} invoke write {p}"));
+        }
+        lines.push("20 invoke read".into());
+        lines.push("20 ok read 3".into());
+        lines.push("20 invoke read".into());
+        lines.push("20 ok read 4".into());
+        lines.push("20 invoke read".into());
+        lines.push("20 ok read 3".into());
+        for p in 0..12 {
+            lines.push(format!("{p} ok write {p}"));
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let h = history(&refs);
+        let tight = CheckOptions { max_configs_per_key: 100, time_limit: None };
+        let report = check_history(&h, ModelKind::Register, &tight).unwrap();
+        match report.outcome {
+            CheckOutcome::Unknown { reason } => {
+                assert!(reason.contains("configuration limit reached on the register"), "{reason}");
+            }
+            other => panic!("expected Unknown, got {other:?}"),
+        }
+        assert_eq!(report.stats.configs, 100);
+        // With room to finish, the verdict is definite.
+        assert!(matches!(
+            check_history(&h, ModelKind::Register, &CheckOptions::default()).unwrap().outcome,
+            CheckOutcome::NotLinearizable(_)
+        ));
+    }
+
+    #[test]
+    fn stats_count_what_was_dropped() {
+        let h = history(&[
+            "0 invoke write 1",
+            "0 fail write 1",
+            "1 invoke read",
+            "1 info read",
+            "2 invoke write 9",
+            "3 invoke write 1",
+            "3 ok write 1",
+            "4 invoke read",
+            "4 ok read 1",
+        ]);
+        let report = check_history(&h, ModelKind::Register, &CheckOptions::default()).unwrap();
+        assert_eq!(report.outcome, CheckOutcome::Linearizable);
+        assert_eq!(report.stats.dropped_fail, 1);
+        // The info read and the unobserved info write of 9.
+        assert_eq!(report.stats.dropped_info, 2);
+        assert_eq!(report.stats.searched_operations, 2);
+    }
+
+    #[test]
+    fn many_info_writes_stay_tractable() {
+        // 40 clients crash mid-write (info) and one reader sees some of their values in an
+        // order that needs each write placed just in time.
+        let mut lines: Vec<String> = Vec::new();
+        for p in 0..40 {
+            lines.push(format!("{p} invoke write {p}"));
+            lines.push(format!("{p} info write {p}"));
+        }
+        for v in (0..40).rev().step_by(3) {
+            lines.push("100 invoke read".into());
+            lines.push(format!("100 ok read {v}"));
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let report =
+            check_history(&history(&refs), ModelKind::Register, &CheckOptions::default()).unwrap();
+        assert_eq!(report.outcome, CheckOutcome::Linearizable);
+        assert!(report.stats.configs < 1_000, "{:?}", report.stats);
+
+        // Reading 39 again after 36 needs the single write of 39 twice: exhaustive search,
+        // which must stay small too.
+        lines.push("100 invoke read".into());
+        lines.push("100 ok read 39".into());
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let report =
+            check_history(&history(&refs), ModelKind::Register, &CheckOptions::default()).unwrap();
+        let CheckOutcome::NotLinearizable(v) = report.outcome else {
+            panic!("expected a violation: {report:?}");
+        };
+        assert_eq!(v.stuck.description, "read → 39");
+        assert!(report.stats.configs < 100_000, "{:?}", report.stats);
+    }
+
+    #[test]
+    fn a_generated_history_of_thousands_of_operations_is_linearizable() {
+        for (keys, model) in [(0, ModelKind::Register), (4, ModelKind::Kv)] {
+            let config = GenConfig {
+                seed: 42,
+                operations: 5_000,
+                processes: 20,
+                keys,
+                values: 10,
+                weights: [5, 3, 2, 0],
+                info_percent: 2,
+                fail_percent: 2,
+                timed: true,
+            };
+            let h = History::from_events(generate(&config)).unwrap();
+            let report = check_history(&h, model, &CheckOptions::default()).unwrap();
+            assert_eq!(report.outcome, CheckOutcome::Linearizable, "{model}: {:?}", report.stats);
+        }
     }
 }

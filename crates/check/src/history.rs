@@ -855,20 +855,25 @@ mod tests {
 
     #[test]
     fn parses_operations_and_pairs_completions() {
-        let h = History::parse(&[
-            W0,
-            r#"{"process":1,"type":"invoke","f":"read","key":"","node":"n1"}"#,
-            "",
-            W0_OK,
-            r#"{"process":1,"type":"ok","f":"read","value":1,"error":null}"#,
-            r#"{"process":2,"type":"invoke","f":"cas","key":"x","value":[1,"two"]}"#,
-        ]
-        .join("\n"))
+        let h = History::parse(
+            &[
+                W0,
+                r#"{"process":1,"type":"invoke","f":"read","key":"","node":"n1"}"#,
+                "",
+                W0_OK,
+                r#"{"process":1,"type":"ok","f":"read","value":1,"error":null}"#,
+                r#"{"process":2,"type":"invoke","f":"cas","key":"x","value":[1,"two"]}"#,
+            ]
+            .join("\n"),
+        )
         .unwrap();
         assert_eq!(h.events.len(), 5);
         assert_eq!(h.operations.len(), 3);
         let read = &h.operations[1];
-        assert_eq!((read.f.clone(), read.status, read.result.clone()), (F::Read, Status::Ok, Value::Int(1)));
+        assert_eq!(
+            (read.f.clone(), read.status, read.result.clone()),
+            (F::Read, Status::Ok, Value::Int(1))
+        );
         assert_eq!(read.invoke.line, 2);
         assert_eq!(read.complete.map(|c| (c.line, c.index)), Some((5, 3)));
         let cas = &h.operations[2];
@@ -880,13 +885,15 @@ mod tests {
 
     #[test]
     fn time_orders_events_stably() {
-        let h = History::parse(&[
-            r#"{"process":0,"type":"invoke","f":"write","value":1,"time":10}"#,
-            r#"{"process":1,"type":"invoke","f":"read","time":5}"#,
-            r#"{"process":1,"type":"ok","f":"read","value":null,"time":10}"#,
-            r#"{"process":0,"type":"ok","f":"write","value":1,"time":20}"#,
-        ]
-        .join("\n"))
+        let h = History::parse(
+            &[
+                r#"{"process":0,"type":"invoke","f":"write","value":1,"time":10}"#,
+                r#"{"process":1,"type":"invoke","f":"read","time":5}"#,
+                r#"{"process":1,"type":"ok","f":"read","value":null,"time":10}"#,
+                r#"{"process":0,"type":"ok","f":"write","value":1,"time":20}"#,
+            ]
+            .join("\n"),
+        )
         .unwrap();
         let lines: Vec<usize> = h.events.iter().map(|(line, _)| *line).collect();
         assert_eq!(lines, vec![2, 1, 3, 4], "sorted by time, ties in file order");
@@ -948,7 +955,10 @@ mod tests {
     fn rejects_completion_without_invoke() {
         let e = error(&[W0, W0_OK, W0_OK]);
         assert_eq!(e.line, 3);
-        assert_eq!(e.to_string(), "line 3: `ok` from process 0, which has no operation in progress");
+        assert_eq!(
+            e.to_string(),
+            "line 3: `ok` from process 0, which has no operation in progress"
+        );
     }
 
     #[test]
@@ -975,7 +985,10 @@ mod tests {
             "line 2: completion has f \"read\" but its invoke at line 1 has f \"write\""
         );
         let e = error(&[W0, r#"{"process":0,"type":"ok","f":"write","key":"x"}"#]);
-        assert!(matches!(e.kind, FormatErrorKind::Mismatch { field: "key", invoke_line: 1, .. }), "{e}");
+        assert!(
+            matches!(e.kind, FormatErrorKind::Mismatch { field: "key", invoke_line: 1, .. }),
+            "{e}"
+        );
         // A completion that omits the key inherits it.
         let invoke = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1}"#;
         assert!(History::parse(&[invoke, W0_OK].join("\n")).is_ok());
@@ -1002,7 +1015,12 @@ mod tests {
         assert_eq!(e.line, 3);
         assert_eq!(
             e.kind,
-            FormatErrorKind::TimeBackwards { process: 0, time: 99, previous: 100, previous_line: 1 }
+            FormatErrorKind::TimeBackwards {
+                process: 0,
+                time: 99,
+                previous: 100,
+                previous_line: 1
+            }
         );
     }
 
@@ -1019,7 +1037,9 @@ mod tests {
         recorder.invoke(4, F::Read, Some("k"), Value::Null, Some(11)).unwrap();
         recorder.ok(3, Value::Int(4), Some(12)).unwrap();
         recorder.info(4, Value::Null, Some(13)).unwrap();
-        recorder.invoke(5, F::Cas, None, Value::List(vec![Value::Null, "a".into()]), Some(14)).unwrap();
+        recorder
+            .invoke(5, F::Cas, None, Value::List(vec![Value::Null, "a".into()]), Some(14))
+            .unwrap();
         assert_eq!(recorder.in_flight(), vec![5]);
         assert_eq!(recorder.len(), 5);
         let history = recorder.to_history().unwrap();
@@ -1040,7 +1060,10 @@ mod tests {
         let err = recorder.invoke(0, F::Read, None, Value::Null, None).unwrap_err();
         assert!(matches!(
             err,
-            RecordError::Invalid(FormatError { kind: FormatErrorKind::InvokeWhileOutstanding { .. }, .. })
+            RecordError::Invalid(FormatError {
+                kind: FormatErrorKind::InvokeWhileOutstanding { .. },
+                ..
+            })
         ));
         assert!(matches!(recorder.ok(1, Value::Null, None), Err(RecordError::Invalid(_))));
         assert!(matches!(
@@ -1048,7 +1071,10 @@ mod tests {
             Err(RecordError::NotACompletion)
         ));
         recorder.info(0, Value::Null, None).unwrap();
-        assert!(recorder.invoke(0, F::Read, None, Value::Null, None).is_err(), "no reuse after info");
+        assert!(
+            recorder.invoke(0, F::Read, None, Value::Null, None).is_err(),
+            "no reuse after info"
+        );
         assert!(recorder.invoke(1, F::Read, None, Value::Null, Some(1)).is_err(), "no mixed time");
         assert_eq!(recorder.len(), 2, "rejected events are not written");
     }

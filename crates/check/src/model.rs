@@ -80,8 +80,8 @@ pub type ModelPartition<M> = Partition<<M as Model>::Op, <M as Model>::State>;
 
 /// A sequential specification.
 pub trait Model {
-    /// Compact form of one operation.
-    type Op: Clone + fmt::Debug;
+    /// Compact form of one operation. Equal values must mean interchangeable operations.
+    type Op: Clone + Eq + Hash + fmt::Debug;
     /// State of the object. Small and cheap to clone: the search keeps one per stack frame.
     type State: Clone + Eq + Hash + fmt::Debug;
 
@@ -95,6 +95,14 @@ pub trait Model {
     /// Applies `op` to `state`: the next state if the operation can take effect there with
     /// the result it reported, `None` if not.
     fn step(&self, state: &Self::State, op: &Self::Op) -> Option<Self::State>;
+
+    /// True for a *blind* operation: it always succeeds and the state after it does not
+    /// depend on the state before (a register write). The search uses this to avoid
+    /// placing an `info` blind operation right before another blind one, where its effect
+    /// could never be seen. The default, `false`, is always safe.
+    fn is_blind(&self, _op: &Self::Op) -> bool {
+        false
+    }
 
     /// A short human description of a state ("3", "null").
     fn describe_state(
@@ -413,6 +421,10 @@ impl Model for RegisterModel {
         mix128(u64::from(*state))
     }
 
+    fn is_blind(&self, op: &RegisterOp) -> bool {
+        matches!(op, RegisterOp::Write(_) | RegisterOp::Delete)
+    }
+
     fn impossible(
         &self,
         history: &History,
@@ -457,6 +469,10 @@ impl Model for KvModel {
 
     fn fingerprint(&self, state: &u32) -> u128 {
         mix128(u64::from(*state))
+    }
+
+    fn is_blind(&self, op: &RegisterOp) -> bool {
+        matches!(op, RegisterOp::Write(_) | RegisterOp::Delete)
     }
 
     fn impossible(

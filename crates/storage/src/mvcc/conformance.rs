@@ -512,8 +512,8 @@ pub fn empty_key_is_rejected<S: MvccStore>(make: &dyn Fn() -> S) {
     assert!(err.to_string().contains("empty"));
 }
 
-/// Builds a store with history, deletes, metadata and a compaction.
-fn populated<S: MvccStore>(make: &dyn Fn() -> S) -> S {
+/// Builds a store with history, deletes, metadata and a compaction (41 entries applied).
+pub fn populated_store<S: MvccStore>(make: &dyn Fn() -> S) -> S {
     let store = make();
     let mut index = 0;
     for i in 0..40u32 {
@@ -535,8 +535,9 @@ fn populated<S: MvccStore>(make: &dyn Fn() -> S) -> S {
     store
 }
 
-/// Asserts that two stores answer every read, watch and stat the same way.
-fn assert_same<A: MvccStore, B: MvccStore>(a: &A, b: &B) {
+/// Asserts that two stores answer every read, watch, image and stat the same way, at every
+/// retained revision.
+pub fn assert_same_stores<A: MvccStore, B: MvccStore>(a: &A, b: &B) {
     assert_eq!(a.current_revision(), b.current_revision());
     assert_eq!(a.compacted_revision(), b.compacted_revision());
     assert_eq!(a.applied_index(), b.applied_index());
@@ -576,7 +577,7 @@ pub fn drain(source: &mut dyn ImageSource) -> Vec<ImageRecord> {
 
 /// An image restored into another store gives an equal store; the source keeps working.
 pub fn image_restores_an_equal_store<S: MvccStore>(make: &dyn Fn() -> S) {
-    let original = populated(make);
+    let original = populated_store(make);
     let mut image = original.image().expect("image");
     // Writes after the image was taken are not in it.
     put_all(&original, 100, &[(b"after", b"image")]);
@@ -592,10 +593,10 @@ pub fn image_restores_an_equal_store<S: MvccStore>(make: &dyn Fn() -> S) {
     );
     let again = make();
     again.restore(&mut copy.image().expect("image")).expect("restore");
-    assert_same(&copy, &again);
+    assert_same_stores(&copy, &again);
     // Both keep going from the same revision.
     assert_eq!(put_all(&copy, 42, &[(b"n", b"1")]), put_all(&again, 42, &[(b"n", b"1")]));
-    assert_same(&copy, &again);
+    assert_same_stores(&copy, &again);
 }
 
 /// An image source that serves a fixed list of records.
@@ -633,7 +634,7 @@ fn version(key: &[u8], main: i64, sub: u32) -> ImageRecord {
 
 /// A restore that fails part-way leaves the store exactly as it was.
 pub fn restore_rejects_a_bad_image_and_keeps_the_store<S: MvccStore>(make: &dyn Fn() -> S) {
-    let store = populated(make);
+    let store = populated_store(make);
     let reference = make();
     reference.restore(&mut store.image().expect("image")).expect("restore");
     let info = ImageInfo {
@@ -663,7 +664,7 @@ pub fn restore_rejects_a_bad_image_and_keeps_the_store<S: MvccStore>(make: &dyn 
         let mut source = ListImage { info, records };
         let err = store.restore(&mut source).expect_err("bad image");
         assert!(matches!(err, MvccError::InvalidImage(_)), "{err}");
-        assert_same(&store, &reference);
+        assert_same_stores(&store, &reference);
     }
     let mut good = ListImage { info, records: vec![version(b"a", 2, 0), version(b"b", 3, 0)] };
     store.restore(&mut good).expect("restore");

@@ -9,7 +9,7 @@
 //! - Scans read rows in bounded batches, so one read never holds more than
 //!   [`SCAN_BATCH_ROWS`] rows it does not need.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use quorumkv_core::LogIndex;
@@ -590,6 +590,8 @@ pub(crate) struct RowImage<R: Rows> {
     info: ImageInfo,
     phase: ImagePhase,
     cursor: Vec<u8>,
+    /// Rows read but not yet handed out.
+    pending: VecDeque<Row>,
 }
 
 impl<R: Rows> RowImage<R> {
@@ -600,26 +602,19 @@ impl<R: Rows> RowImage<R> {
             info: image_info(sys),
             phase: ImagePhase::Meta,
             cursor: vec![codec::META_PREFIX],
+            pending: VecDeque::new(),
         }
     }
 }
 
-impl<R: Rows> ImageSource for RowImage<R> {
-    fn info(&self) -> ImageInfo {
-        self.info
-    }
-
-    fn next_records(
-        &mut self,
-        bytes_max: usize,
-        out: &mut Vec<ImageRecord>,
-    ) -> Result<bool, MvccError> {
-        let mut bytes = 0usize;
-        while bytes < bytes_max.max(1) {
+impl<R: Rows> RowImage<R> {
+    /// Reads the next batch of rows into `pending`, moving through the phases.
+    fn refill(&mut self) -> Result<(), MvccError> {
+        while self.pending.is_empty() {
             let hi = match self.phase {
                 ImagePhase::Meta => codec::META_END,
                 ImagePhase::Versions => VERSION_END,
-                ImagePhase::Done => return Ok(false),
+                ImagePhase::Done => return Ok(()),
             };
             let batch = self.rows.scan(&self.cursor, hi, SCAN_BATCH_ROWS)?;
             if let Some((last, _)) = batch.last() {
@@ -635,12 +630,33 @@ impl<R: Rows> ImageSource for RowImage<R> {
                     _ => ImagePhase::Done,
                 };
             }
-            for (row_key, row) in batch {
-                bytes += row_key.len() + row.len();
-                out.push(row_to_record(&row_key, row)?);
-            }
+            self.pending.extend(batch);
         }
-        Ok(self.phase != ImagePhase::Done)
+        Ok(())
+    }
+}
+
+impl<R: Rows> ImageSource for RowImage<R> {
+    fn info(&self) -> ImageInfo {
+        self.info
+    }
+
+    fn next_records(
+        &mut self,
+        bytes_max: usize,
+        out: &mut Vec<ImageRecord>,
+    ) -> Result<bool, MvccError> {
+        let mut bytes = 0usize;
+        while bytes < bytes_max.max(1) {
+            self.refill()?;
+            let Some((row_key, row)) = self.pending.pop_front() else {
+                break;
+            };
+            bytes += row_key.len() + row.len();
+            out.push(row_to_record(&row_key, row)?);
+        }
+        self.refill()?;
+        Ok(!self.pending.is_empty())
     }
 }
 

@@ -40,14 +40,21 @@ pub struct PartitionOp<O> {
     /// True when the outcome is unknown (`info`, or never completed): the operation may take
     /// effect at any point after its invoke, or never.
     pub info: bool,
-    /// Relevance tokens this operation observes (for a register: the value a read returned,
-    /// the value a cas expected). See [`PartitionOp::effect`].
+    /// Tokens this operation observes (for a register: the value a read returned, the value
+    /// a cas expected). See [`PartitionOp::effect`].
     pub observes: Vec<u32>,
-    /// For an `info` operation: the token through which its effect could ever be noticed
-    /// (for a register: the value it writes). Once every operation observing that token has
-    /// been linearized, applying this operation can only make later operations harder, so
-    /// the search stops trying it. `None` means always worth trying.
+    /// The token of the state this operation leaves when it changes the state (for a
+    /// register: the value written; `null` for a delete). `None` promises that it never
+    /// changes the state (a read).
+    ///
+    /// For an `info` operation this is also how its effect could ever be noticed: once every
+    /// operation observing the token is linearized, applying it can only make later
+    /// operations harder, so the search stops trying it.
     pub effect: Option<u32>,
+    /// The token of the only state in which this operation can take effect (for a
+    /// register: the value a read returned or a cas expected); `None` if there is no such
+    /// single state. Lets the search see early that a deadline cannot be met.
+    pub needs: Option<u32>,
 }
 
 /// A sub-history checked on its own: the operations on one key, for a map.
@@ -102,6 +109,21 @@ pub trait Model {
     /// could never be seen. The default, `false`, is always safe.
     fn is_blind(&self, _op: &Self::Op) -> bool {
         false
+    }
+
+    /// True for a *read-only* operation: wherever it succeeds it leaves the state as it
+    /// was (a read, a cas from a value to itself). When one such operation that must happen
+    /// can take effect now, the search takes it without trying alternatives, since moving it
+    /// earlier changes no state. The default, `false`, is always safe.
+    fn is_read_only(&self, _op: &Self::Op) -> bool {
+        false
+    }
+
+    /// The token of a state, in the sense of [`PartitionOp::effect`] and
+    /// [`PartitionOp::needs`], when states are tokens. The default, `None`, turns off the
+    /// look-ahead that uses them.
+    fn state_token(&self, _state: &Self::State) -> Option<u32> {
+        None
     }
 
     /// A short human description of a state ("3", "null").
@@ -245,31 +267,34 @@ impl RegisterBuilder {
             return Ok(());
         }
         let info = operation.status == Status::Info;
-        let (op, observes, effect) = match operation.f {
+        let (op, needs, effect) = match operation.f {
             // A read whose outcome is unknown returned nothing we know: it constrains nothing.
             F::Read if info => return Ok(()),
             F::Read => {
                 let token = self.intern(&operation.result);
-                (RegisterOp::Read(token), vec![token], None)
+                (RegisterOp::Read(token), Some(token), None)
             }
             F::Write => {
                 let token = self.intern(&operation.value);
-                (RegisterOp::Write(token), Vec::new(), Some(token))
+                (RegisterOp::Write(token), None, Some(token))
             }
             F::Cas => {
                 let (expected, new) = cas_pair(operation)?;
                 let (expected, new) = (self.intern(expected), self.intern(new));
-                (RegisterOp::Cas(expected, new), vec![expected], Some(new))
+                (RegisterOp::Cas(expected, new), Some(expected), Some(new))
             }
-            F::Delete => (RegisterOp::Delete, Vec::new(), Some(0)),
+            F::Delete => (RegisterOp::Delete, None, Some(0)),
             F::Other(_) => return Ok(()),
         };
+        // States are tokens, so what an operation needs is exactly what it observes.
+        let observes = needs.into_iter().collect();
         self.partition.ops.push(PartitionOp {
             operation: index,
             op,
             info,
             observes,
-            effect: effect.filter(|_| info),
+            effect,
+            needs,
         });
         Ok(())
     }
@@ -425,6 +450,18 @@ impl Model for RegisterModel {
         matches!(op, RegisterOp::Write(_) | RegisterOp::Delete)
     }
 
+    fn state_token(&self, state: &u32) -> Option<u32> {
+        Some(*state)
+    }
+
+    fn is_read_only(&self, op: &RegisterOp) -> bool {
+        match *op {
+            RegisterOp::Read(_) => true,
+            RegisterOp::Cas(expected, new) => expected == new,
+            RegisterOp::Write(_) | RegisterOp::Delete => false,
+        }
+    }
+
     fn impossible(
         &self,
         history: &History,
@@ -473,6 +510,18 @@ impl Model for KvModel {
 
     fn is_blind(&self, op: &RegisterOp) -> bool {
         matches!(op, RegisterOp::Write(_) | RegisterOp::Delete)
+    }
+
+    fn state_token(&self, state: &u32) -> Option<u32> {
+        Some(*state)
+    }
+
+    fn is_read_only(&self, op: &RegisterOp) -> bool {
+        match *op {
+            RegisterOp::Read(_) => true,
+            RegisterOp::Cas(expected, new) => expected == new,
+            RegisterOp::Write(_) | RegisterOp::Delete => false,
+        }
     }
 
     fn impossible(

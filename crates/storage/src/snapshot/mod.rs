@@ -23,7 +23,8 @@ mod file;
 use std::io::{self, Read};
 
 use bytes::Bytes;
-use quorumkv_core::{ConfState, LogIndex, NodeId, SnapshotMeta};
+pub use quorumkv_core::SnapshotMeta;
+use quorumkv_core::{ConfState, LogIndex, NodeId};
 
 use crate::mvcc::{ImageInfo, ImageRecord, ImageSource, MvccError, MvccStore, Revision};
 
@@ -45,6 +46,24 @@ pub const CHUNK_BYTES_DEFAULT: usize = 1 << 20;
 const KIND_HEADER: u8 = 1;
 const KIND_RECORDS: u8 = 2;
 const KIND_TRAILER: u8 = 3;
+
+/// The kinds of frame a stream holds, for [`encode_frame`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// The first frame: magic, version, counters, Raft metadata.
+    Header = KIND_HEADER,
+    /// A batch of records.
+    Records = KIND_RECORDS,
+    /// The last frame: counts and the whole-stream checksum.
+    Trailer = KIND_TRAILER,
+}
+
+/// Wraps `payload` in a frame of `kind` (length, CRC-32C, kind). A building block for tools
+/// and tests that craft streams; snapshots themselves come from [`SnapshotWriter`].
+pub fn encode_frame(kind: FrameKind, payload: &[u8]) -> Result<Bytes, SnapshotError> {
+    frame(kind as u8, payload)
+}
 
 const TAG_META: u8 = 1;
 const TAG_VERSION: u8 = 2;

@@ -390,6 +390,9 @@ pub fn events_since_reports_changes_with_prev_kv<S: MvccStore>(make: &dyn Fn() -
     assert_eq!(rest.events.len(), 4);
     assert_eq!(rest.next_revision, 5);
 
+    let now = store.events_since(0, b"\0", ALL_FROM_KEY, 0).expect("events");
+    assert!(now.events.is_empty());
+    assert_eq!(now.next_revision, 5);
     let future = store.events_since(9, b"\0", ALL_FROM_KEY, 0).expect("events");
     assert!(future.events.is_empty());
     assert_eq!(future.next_revision, 9);

@@ -244,7 +244,10 @@ pub(crate) fn events_since<R: Rows + ?Sized>(
     if key.is_empty() && range_end.is_empty() {
         return Err(MvccError::EmptyKey);
     }
-    let start = start.max(1);
+    if start <= 0 {
+        // etcd's "watch from now": nothing in the past, resume after the current revision.
+        return Ok(EventBatch { events: Vec::new(), next_revision: sys.current_revision + 1 });
+    }
     if start < sys.compacted_revision {
         return Err(MvccError::Compacted { requested: start, compacted: sys.compacted_revision });
     }

@@ -343,6 +343,7 @@ pub trait MvccStore: Send + Sync {
     ) -> Result<RangeResult, MvccError>;
     /// Every change from `start_revision` on, in revision order, for keys in the range; stops
     /// once `limit` (0 = none) events are collected, but never in the middle of a revision.
+    /// `start_revision <= 0` means "from now" (no events; resume after the current revision).
     fn events_since(
         &self,
         start_revision: i64,

@@ -6,7 +6,8 @@
 //!   disk slows writers down instead of growing memory without limit.
 //! - Each round takes what is queued (bounded in submissions and bytes), applies every
 //!   submission all-or-nothing, syncs once, then completes every submission of the round, in
-//!   submission order, with `Ok(lsn)` only if its operations are durable.
+//!   submission order, with `Ok(lsn)` only if its operations are durable. Callbacks run on a
+//!   companion thread, in order, while the next round is written.
 //! - After a fatal WAL failure the thread keeps running and answers every submission with the
 //!   error, so callers learn it; it stops when every [`WalWriter`] handle is gone.
 
@@ -19,7 +20,8 @@ use std::thread::JoinHandle;
 use super::{Lsn, Wal, WalError, WalMetrics, WalOp, WalStats, fetch_max};
 
 /// Called once a submission is durable (`Ok` with its last LSN) or has failed. Runs on the
-/// writer thread: keep it short (send on a channel, wake a task); a panic in it is contained.
+/// writer's completion thread, one callback after another: keep it short (send on a channel,
+/// wake a task). A panic in it is contained.
 pub type Completion = Box<dyn FnOnce(Result<Lsn, WalError>) + Send + 'static>;
 
 /// Bounds of a [`WalWriter`].
@@ -126,8 +128,22 @@ impl Drop for WalWriter {
     }
 }
 
+/// A finished round: each submission's callback with its outcome, in submission order.
+type Round = Vec<(Completion, Result<Lsn, WalError>)>;
+
 fn run(mut wal: Wal, rx: Receiver<Submission>, opts: WriterOptions) -> Wal {
     let metrics = wal.metrics();
+    // Callbacks run on a second thread, so that waking the callers of one round overlaps the
+    // write and fsync of the next. One thread and a FIFO channel keep them in order.
+    let (done_tx, done_rx) = mpsc::channel::<Round>();
+    let completer = std::thread::Builder::new()
+        .name("qkv-wal-complete".into())
+        .spawn(move || {
+            while let Ok(round) = done_rx.recv() {
+                complete(round);
+            }
+        })
+        .ok();
     let mut batch: Vec<Submission> = Vec::new();
     let mut applied: Vec<Result<Lsn, WalError>> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -145,18 +161,40 @@ fn run(mut wal: Wal, rx: Receiver<Submission>, opts: WriterOptions) -> Wal {
         applied.extend(batch.iter().map(|s| wal.apply_all(&s.ops)));
         let synced = wal.sync();
         let count = batch.len() as u64;
-        for (submission, result) in batch.drain(..).zip(applied.drain(..)) {
-            let outcome = match (result, &synced) {
-                (Ok(lsn), Ok(_)) => Ok(lsn),
-                (Ok(_), Err(e)) => Err(e.clone()),
-                (Err(e), _) => Err(e),
-            };
-            let done = submission.done;
-            // A panicking callback must not take the writer (and every other caller) down.
-            let _ = catch_unwind(AssertUnwindSafe(move || done(outcome)));
-        }
+        let round: Round = batch
+            .drain(..)
+            .zip(applied.drain(..))
+            .map(|(submission, result)| {
+                let outcome = match (result, &synced) {
+                    (Ok(lsn), Ok(_)) => Ok(lsn),
+                    (Ok(_), Err(e)) => Err(e.clone()),
+                    (Err(e), _) => Err(e),
+                };
+                (submission.done, outcome)
+            })
+            .collect();
         metrics.submissions.fetch_add(count, Ordering::Relaxed);
         fetch_max(&metrics.submissions_per_batch_max, count);
+        match &completer {
+            Some(_) => {
+                if let Err(mpsc::SendError(round)) = done_tx.send(round) {
+                    complete(round);
+                }
+            }
+            // No second thread could be started: complete on this one.
+            None => complete(round),
+        }
+    }
+    drop(done_tx);
+    if let Some(handle) = completer {
+        let _ = handle.join();
     }
     wal
+}
+
+fn complete(round: Round) {
+    for (done, outcome) in round {
+        // A panicking callback must not take the writer (and every other caller) down.
+        let _ = catch_unwind(AssertUnwindSafe(move || done(outcome)));
+    }
 }

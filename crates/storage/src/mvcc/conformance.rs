@@ -2,7 +2,7 @@
 //! over the store, taking a factory of empty stores; [`mvcc_conformance_tests!`] turns all of
 //! them into `#[test]`s for one backend:
 //!
-//! ```ignore
+//! ```text
 //! quorumkv_storage::mvcc_conformance_tests!(quorumkv_storage::mvcc::MemStore::new());
 //! ```
 //!

@@ -170,6 +170,13 @@ impl Progress {
         });
     }
 
+    /// Forgets the oldest in-flight append. Called when a heartbeat gets through while the
+    /// window is full: appends were probably lost, and one more send either fills the window
+    /// again or draws the rejection that sends the follower back to probing.
+    pub fn free_first_inflight(&mut self) {
+        self.inflight.pop_front();
+    }
+
     /// Number of appends in flight (Replicate state).
     pub fn inflight_count(&self) -> usize {
         self.inflight.len()

@@ -639,6 +639,11 @@ impl Raft {
         self.log.entry(index)
     }
 
+    /// Highest index known durable on this replica.
+    pub fn stable_index(&self) -> LogIndex {
+        self.log.stable
+    }
+
     /// Index covered by the latest snapshot.
     pub fn snapshot_index(&self) -> LogIndex {
         self.log.snapshot_index
@@ -1060,6 +1065,9 @@ impl Raft {
         let Some(p) = l.progress.get_mut(&from) else { return };
         p.recent_active = true;
         p.probe_sent = false;
+        if p.state == ProgressState::Replicate && p.is_paused() {
+            p.free_first_inflight();
+        }
         let mut resend_snapshot = false;
         if let Some(s) = p.snapshot.as_mut() {
             // No acknowledgement since the last heartbeat: assume chunks were lost, resend.

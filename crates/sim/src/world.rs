@@ -1,0 +1,1212 @@
+//! The simulated world: machines, network, clients and the nemesis, driven by one event queue
+//! in virtual time. Everything random comes from one generator seeded by the run's seed, and
+//! ties in the queue break by insertion order, so a seed replays exactly.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use quorumkv_check::history::{F, HistoryRecorder, Value};
+use quorumkv_core::rng::Rng;
+use quorumkv_core::{ConfChange, ConfChangeStep, LogIndex, NodeId};
+use quorumkv_raft::{Config, Message, Raft, RaftError, RestoreState, Role};
+
+use crate::faults::FaultKind;
+use crate::invariants::Invariants;
+use crate::kv::{Command, Key, Op, OpResult};
+use crate::net::Net;
+use crate::node::{Durable, PendingWrite, SimNode, Status, Waiting};
+use crate::trace::{Trace, TraceEvent};
+
+/// Virtual microseconds.
+pub type Time = u64;
+
+const MS: Time = 1_000;
+const SEC: Time = 1_000_000;
+/// Nominal tick period.
+const TICK: Time = 10 * MS;
+
+/// A client's request to a node.
+#[derive(Clone, Copy, Debug)]
+pub enum Request {
+    /// Linearizable read of a key (ReadIndex).
+    Read(Key),
+    /// A write or cas through the log.
+    Command(Command),
+}
+
+/// A node's answer to a client.
+#[derive(Clone, Copy, Debug)]
+pub enum Response {
+    /// Read result.
+    Read(Option<i64>),
+    /// Write done, or cas swapped.
+    Done,
+    /// Cas compare failed (definitely no effect).
+    CasFailed,
+    /// Not the leader: definitely not proposed here; try the hint.
+    NotLeader(Option<NodeId>),
+    /// Refused before proposing (back-pressure, transfer): definitely no effect here.
+    Refused,
+    /// Proposed but the outcome here is unknown (the entry was replaced, or leadership moved).
+    Unknown,
+}
+
+/// Things that happen.
+#[derive(Clone, Debug)]
+pub enum Ev {
+    Tick { slot: usize, incarnation: u32 },
+    Deliver(Message),
+    Fsync { slot: usize, incarnation: u32 },
+    Arrive { slot: usize, client: usize, op_id: u64, req: Request },
+    Respond { client: usize, op_id: u64, resp: Response },
+    AttemptTimeout { client: usize, op_id: u64, attempt: u32 },
+    ClientNext { client: usize },
+    Nemesis,
+    EndPartition { token: u64 },
+    Flap { token: u64, a: usize, b: usize },
+    Restart { slot: usize },
+    Resume { slot: usize },
+    Drift,
+    WipeStep { slot: usize, step: u8, new_id: NodeId },
+    Promote { slot: usize, id: NodeId },
+    Heal,
+    StopClients,
+}
+
+struct Queued {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A client operation in flight.
+#[derive(Clone, Debug)]
+struct ClientOp {
+    op_id: u64,
+    attempt: u32,
+    req: Request,
+    deadline: Time,
+    /// Some attempt may have been proposed and not definitively refused.
+    maybe_applied: bool,
+}
+
+struct Client {
+    process: u64,
+    session: u64,
+    seq: u64,
+    target: usize,
+    op: Option<ClientOp>,
+}
+
+/// Knobs a run draws from its seed.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Machines.
+    pub nodes: usize,
+    /// Faults enabled.
+    pub faults: Vec<FaultKind>,
+    /// Clients.
+    pub clients: usize,
+    /// Keys.
+    pub keys: u32,
+    /// Log entries between snapshots.
+    pub compact_every: u64,
+    /// Raft tunables shared by every node (id filled per node).
+    pub raft: Config,
+    /// Fault phase length.
+    pub fault_time: Time,
+    /// Time after healing during which the cluster must commit a write.
+    pub heal_time: Time,
+}
+
+/// The result of one run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// White-box invariant violations.
+    pub violations: Vec<String>,
+    /// Virtual µs from heal to the first acknowledged write after it; `None` = never.
+    pub recovered_after: Option<Time>,
+    /// The recorded history (JSON lines).
+    pub history: Vec<u8>,
+    /// Client operations completed (ok or fail).
+    pub ops_completed: u64,
+    /// Operations ending `info`.
+    pub ops_info: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Trace digest.
+    pub digest: u64,
+    /// The full trace, if asked for.
+    pub trace_text: Option<String>,
+    /// Last events of each node.
+    pub recent: String,
+    /// Virtual time at the end.
+    pub end_time: Time,
+    /// Leader elections seen.
+    pub elections: u64,
+    /// Snapshots installed from a leader.
+    pub snapshot_installs: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+}
+
+/// The world.
+pub struct World {
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    rng: Rng,
+    plan: Plan,
+    nodes: Vec<SimNode>,
+    id_to_slot: BTreeMap<NodeId, usize>,
+    next_node_id: NodeId,
+    net: Net,
+    clients: Vec<Client>,
+    next_process: u64,
+    next_op_id: u64,
+    recorder: HistoryRecorder<Vec<u8>>,
+    inv: Invariants,
+    trace: Trace,
+    partition_token: u64,
+    heal_at: Time,
+    healed: bool,
+    clients_stopped: bool,
+    recovered_after: Option<Time>,
+    ops_completed: u64,
+    ops_info: u64,
+    elections: u64,
+    snapshot_installs: u64,
+    crashes: u64,
+    /// A membership operation (wipe or demotion) is under way.
+    membership_busy: bool,
+    /// Clock rate bounds for skew: (low, high) multipliers of the tick period.
+    skew: Option<(f64, f64)>,
+}
+
+impl World {
+    /// A world for `plan`, all randomness from `seed`.
+    pub fn new(seed: u64, plan: Plan, full_trace: bool) -> Self {
+        let mut rng = Rng::new(seed);
+        let voters: Vec<NodeId> = (1..=plan.nodes as u64).collect();
+        let boot = RestoreState::bootstrap(&voters);
+        let nodes: Vec<SimNode> = voters
+            .iter()
+            .map(|&id| {
+                let durable = Durable {
+                    hard_state: boot.hard_state,
+                    snapshot: None,
+                    entries: boot.entries.clone(),
+                };
+                SimNode::new(id, durable)
+            })
+            .collect();
+        let id_to_slot = voters.iter().enumerate().map(|(slot, &id)| (id, slot)).collect();
+        let mut net = Net::healthy();
+        if plan.faults.contains(&FaultKind::Loss) {
+            net.loss = 0.01 + rng.unit() * 0.1;
+        }
+        if plan.faults.contains(&FaultKind::Duplicate) {
+            net.duplicate = 0.01 + rng.unit() * 0.08;
+        }
+        if plan.faults.contains(&FaultKind::Delay) {
+            net.delay_min_us = rng.range(100, 2 * MS);
+            net.jitter_us = rng.range(MS, 30 * MS);
+        }
+        let skew = if plan.faults.contains(&FaultKind::SkewBeyond) {
+            Some((0.6, 1.4))
+        } else if plan.faults.contains(&FaultKind::Skew) {
+            Some((0.92, 1.08))
+        } else {
+            None
+        };
+        let clients = (0..plan.clients)
+            .map(|i| Client {
+                process: i as u64,
+                session: 1000 + i as u64,
+                seq: 0,
+                target: i % plan.nodes,
+                op: None,
+            })
+            .collect();
+        let slots = plan.nodes;
+        let mut w = Self {
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            next_node_id: plan.nodes as u64 + 1,
+            heal_at: plan.fault_time,
+            next_process: plan.clients as u64,
+            plan,
+            rng,
+            nodes,
+            id_to_slot,
+            net,
+            clients,
+            next_op_id: 1,
+            recorder: HistoryRecorder::new(Vec::new()),
+            inv: Invariants::default(),
+            trace: Trace::new(slots, full_trace),
+            partition_token: 0,
+            healed: false,
+            clients_stopped: false,
+            recovered_after: None,
+            ops_completed: 0,
+            ops_info: 0,
+            elections: 0,
+            snapshot_installs: 0,
+            crashes: 0,
+            membership_busy: false,
+            skew,
+        };
+        for slot in 0..slots {
+            if let Some((lo, hi)) = w.skew {
+                w.nodes[slot].clock_rate = lo + w.rng.unit() * (hi - lo);
+            }
+            w.start_process(slot);
+        }
+        for client in 0..w.plan.clients {
+            let at = w.rng.range(0, 50 * MS);
+            w.schedule(at, Ev::ClientNext { client });
+        }
+        if w.plan.faults.iter().any(|f| f.is_episodic()) {
+            let at = w.rng.range(200 * MS, SEC);
+            w.schedule(at, Ev::Nemesis);
+        }
+        if w.skew.is_some() {
+            w.schedule(SEC, Ev::Drift);
+        }
+        let heal_at = w.heal_at;
+        w.schedule(heal_at, Ev::Heal);
+        w.schedule(heal_at + w.plan.heal_time, Ev::StopClients);
+        w
+    }
+
+    fn schedule(&mut self, delay: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued { at: self.now + delay, seq: self.seq, ev }));
+    }
+
+    fn record(&mut self, slot: usize, e: TraceEvent) {
+        self.trace.record(self.now, slot, e);
+    }
+
+    /// Runs to the end and reports.
+    pub fn run(mut self) -> Outcome {
+        let end = self.heal_at + self.plan.heal_time + 3 * SEC;
+        while let Some(Reverse(q)) = self.queue.pop() {
+            if q.at > end {
+                break;
+            }
+            self.now = q.at;
+            self.handle(q.ev);
+        }
+        self.now = end;
+        self.finish()
+    }
+
+    fn finish(mut self) -> Outcome {
+        // Close every operation still in flight: its outcome is unknown.
+        for c in 0..self.clients.len() {
+            if let Some(op) = self.clients[c].op.take() {
+                self.complete(c, &op, Completion::Unknown);
+            }
+        }
+        self.inv.check_acked();
+        self.check_convergence();
+        let recent = self.trace.recent_text();
+        Outcome {
+            violations: self.inv.violations,
+            recovered_after: self.recovered_after,
+            history: self.recorder.into_inner(),
+            ops_completed: self.ops_completed,
+            ops_info: self.ops_info,
+            events: self.trace.events(),
+            digest: self.trace.digest(),
+            trace_text: self.trace.text().map(str::to_owned),
+            recent,
+            end_time: self.now,
+            elections: self.elections,
+            snapshot_installs: self.snapshot_installs,
+            crashes: self.crashes,
+        }
+    }
+
+    /// After healing, every running member holds the same state machine.
+    fn check_convergence(&mut self) {
+        let Some(leader) = self.leader_slot() else {
+            self.inv.violations.push("liveness: no leader at the end of the heal phase".into());
+            return;
+        };
+        let Some(lr) = self.nodes[leader].raft.as_ref() else { return };
+        let members = lr.conf_state().all_members();
+        let reference = self.nodes[leader].kv.clone();
+        for id in members {
+            let Some(&slot) = self.id_to_slot.get(&id) else { continue };
+            let n = &self.nodes[slot];
+            if n.status != Status::Up {
+                continue;
+            }
+            if n.kv.applied == reference.applied && n.kv.map != reference.map {
+                self.inv.violations.push(format!(
+                    "convergence: node {id} and the leader applied through {} yet differ",
+                    n.kv.applied
+                ));
+            }
+        }
+    }
+
+    fn leader_slot(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.status == Status::Up)
+            .filter_map(|(s, n)| {
+                n.raft.as_ref().filter(|r| r.role() == Role::Leader).map(|r| (r.term(), s))
+            })
+            .max()
+            .map(|(_, s)| s)
+    }
+
+    // ----- events --------------------------------------------------------------------------
+
+    fn handle(&mut self, ev: Ev) {
+        // Events for a paused machine wait for it (its disk and the network do not).
+        if let Some(slot) = self.event_slot(&ev) {
+            if self.nodes[slot].status == Status::Paused {
+                if let Ev::Tick { incarnation, .. } = ev {
+                    if incarnation == self.nodes[slot].incarnation {
+                        self.nodes[slot].missed_ticks += 1;
+                        let period = self.tick_period(slot);
+                        self.schedule(period, ev);
+                    }
+                    return;
+                }
+                self.nodes[slot].held.push(ev);
+                return;
+            }
+        }
+        match ev {
+            Ev::Tick { slot, incarnation } => {
+                if self.nodes[slot].incarnation != incarnation
+                    || self.nodes[slot].status != Status::Up
+                {
+                    return;
+                }
+                let period = self.tick_period(slot);
+                self.schedule(period, Ev::Tick { slot, incarnation });
+                if let Some(r) = self.nodes[slot].raft.as_mut() {
+                    r.tick();
+                }
+                self.record(slot, TraceEvent::Tick);
+                self.drive(slot);
+            }
+            Ev::Deliver(m) => {
+                let Some(&slot) = self.id_to_slot.get(&m.to) else { return };
+                if self.nodes[slot].status != Status::Up || self.nodes[slot].id != m.to {
+                    return;
+                }
+                self.record(
+                    slot,
+                    TraceEvent::Deliver { from: m.from, kind: m.body.kind(), term: m.term },
+                );
+                if let Some(r) = self.nodes[slot].raft.as_mut() {
+                    r.step(m);
+                }
+                self.drive(slot);
+            }
+            Ev::Fsync { slot, incarnation } => {
+                let n = &mut self.nodes[slot];
+                if n.incarnation != incarnation || n.status != Status::Up {
+                    return;
+                }
+                let (marker, after) = n.complete_fsync();
+                if let (Some((i, t)), Some(r)) = (marker, n.raft.as_mut()) {
+                    r.on_persisted(i, t);
+                    self.record(slot, TraceEvent::Persisted { index: i });
+                }
+                for m in after {
+                    self.send(slot, m);
+                }
+                self.start_fsync(slot);
+                self.drive(slot);
+            }
+            Ev::Arrive { slot, client, op_id, req } => {
+                if self.nodes[slot].status != Status::Up {
+                    return;
+                }
+                self.serve(slot, client, op_id, req);
+                self.drive(slot);
+            }
+            Ev::Respond { client, op_id, resp } => self.on_response(client, op_id, resp),
+            Ev::AttemptTimeout { client, op_id, attempt } => {
+                self.on_attempt_timeout(client, op_id, attempt)
+            }
+            Ev::ClientNext { client } => self.next_op(client),
+            Ev::Nemesis => self.nemesis(),
+            Ev::EndPartition { token } => {
+                if token == self.partition_token {
+                    self.net.clear_partitions();
+                    self.record(0, TraceEvent::Nemesis("partition healed".into()));
+                }
+            }
+            Ev::Flap { token, a, b } => {
+                if token == self.partition_token && !self.healed {
+                    if self.net.connected(a, b) {
+                        self.net.block(a, b);
+                        self.net.block(b, a);
+                    } else {
+                        self.net.unblock(a, b);
+                        self.net.unblock(b, a);
+                    }
+                    let d = self.rng.range(20 * MS, 200 * MS);
+                    self.schedule(d, Ev::Flap { token, a, b });
+                }
+            }
+            Ev::Restart { slot } => {
+                if self.nodes[slot].status == Status::Down {
+                    self.start_process(slot);
+                }
+            }
+            Ev::Resume { slot } => self.resume(slot),
+            Ev::Drift => {
+                if let (Some((lo, hi)), false) = (self.skew, self.healed) {
+                    for slot in 0..self.nodes.len() {
+                        let step = (self.rng.unit() - 0.5) * 0.04;
+                        let n = &mut self.nodes[slot];
+                        n.clock_rate = (n.clock_rate + step).clamp(lo, hi);
+                    }
+                    self.schedule(SEC, Ev::Drift);
+                }
+            }
+            Ev::WipeStep { slot, step, new_id } => self.wipe_step(slot, step, new_id),
+            Ev::Promote { slot, id } => self.promote(slot, id),
+            Ev::Heal => self.heal(),
+            Ev::StopClients => self.clients_stopped = true,
+        }
+    }
+
+    fn event_slot(&self, ev: &Ev) -> Option<usize> {
+        match ev {
+            Ev::Tick { slot, .. } | Ev::Fsync { slot, .. } | Ev::Arrive { slot, .. } => Some(*slot),
+            Ev::Deliver(m) => self.id_to_slot.get(&m.to).copied(),
+            _ => None,
+        }
+    }
+
+    fn tick_period(&self, slot: usize) -> Time {
+        (TICK as f64 * self.nodes[slot].clock_rate) as Time
+    }
+
+    // ----- processes ------------------------------------------------------------------------
+
+    fn start_process(&mut self, slot: usize) {
+        let n = &mut self.nodes[slot];
+        let state = n.durable.restore_state();
+        let mut cfg = self.plan.raft.clone();
+        cfg.id = n.id;
+        let kv = match &state.snapshot {
+            Some(s) => crate::kv::KvState::restore(&s.data).unwrap_or_default(),
+            None => Default::default(),
+        };
+        let seed = self.rng.next_u64();
+        match Raft::new(cfg, state, seed) {
+            Ok(r) => {
+                n.raft = Some(r);
+                n.kv = kv;
+                n.status = Status::Up;
+                n.commit_seen = 0;
+            }
+            Err(e) => {
+                let msg = format!("node {} cannot restart from its disk: {e}", n.id);
+                self.inv.violations.push(msg);
+                return;
+            }
+        }
+        let incarnation = self.nodes[slot].incarnation;
+        let first = self.rng.range(0, TICK);
+        self.schedule(first, Ev::Tick { slot, incarnation });
+        self.record(
+            slot,
+            TraceEvent::Nemesis(format!("process started (node {})", self.nodes[slot].id)),
+        );
+        self.drive(slot);
+    }
+
+    fn crash(&mut self, slot: usize) {
+        if self.nodes[slot].status == Status::Down {
+            return;
+        }
+        self.crashes += 1;
+        let lost = self.nodes[slot].crash(&mut self.rng);
+        let _ = lost; // their clients time out, as real clients would
+        self.record(slot, TraceEvent::Nemesis("crashed".into()));
+    }
+
+    fn resume(&mut self, slot: usize) {
+        if self.nodes[slot].status != Status::Paused {
+            return;
+        }
+        self.nodes[slot].status = Status::Up;
+        self.record(slot, TraceEvent::Nemesis("resumed".into()));
+        // Time passed while stopped: the ticks come first, then whatever arrived meanwhile.
+        let missed = std::mem::take(&mut self.nodes[slot].missed_ticks);
+        if let Some(r) = self.nodes[slot].raft.as_mut() {
+            for _ in 0..missed.min(10_000) {
+                r.tick();
+            }
+        }
+        self.drive(slot);
+        let held = std::mem::take(&mut self.nodes[slot].held);
+        for ev in held {
+            self.handle(ev);
+        }
+    }
+
+    /// Drains the replica's readies: send, persist, apply, answer.
+    fn drive(&mut self, slot: usize) {
+        loop {
+            let n = &mut self.nodes[slot];
+            let Some(r) = n.raft.as_mut() else { return };
+            if !r.has_ready() {
+                break;
+            }
+            let id = r.id();
+            let rd = r.ready();
+            if let Some(ss) = rd.soft_state {
+                if ss.role == Role::Leader {
+                    self.elections += 1;
+                    if let Some(r) = self.nodes[slot].raft.as_ref() {
+                        self.inv.on_leader(id, ss.term, r);
+                    }
+                    self.record(slot, TraceEvent::Leader { term: ss.term });
+                }
+            }
+            if !rd.entries.is_empty() {
+                let first = rd.entries[0].index;
+                let prev = self.nodes[slot].raft.as_ref().and_then(|r| r.term_at(first - 1));
+                self.inv.on_append(id, &rd.entries, prev);
+            }
+            let marker = rd.persist_marker();
+            for m in rd.messages {
+                self.send(slot, m);
+            }
+            if rd.snapshot.is_some()
+                || rd.hard_state.is_some()
+                || !rd.entries.is_empty()
+                || !rd.persisted_messages.is_empty()
+            {
+                self.nodes[slot].pending.push_back(PendingWrite {
+                    hard_state: rd.hard_state,
+                    snapshot: rd.snapshot.clone(),
+                    entries: rd.entries,
+                    marker,
+                    after: rd.persisted_messages,
+                });
+                self.start_fsync(slot);
+            }
+            if let Some(s) = rd.snapshot {
+                self.snapshot_installs += 1;
+                let n = &mut self.nodes[slot];
+                n.kv = crate::kv::KvState::restore(&s.data).unwrap_or_default();
+                n.kv.applied = s.meta.index;
+                // Proposals covered by the snapshot: their fate here is unknown.
+                let covered: Vec<LogIndex> =
+                    n.proposals.range(..=s.meta.index).map(|(i, _)| *i).collect();
+                for i in covered {
+                    if let Some((_, w)) = self.nodes[slot].proposals.remove(&i) {
+                        self.respond(w, Response::Unknown);
+                    }
+                }
+            }
+            let mut last_applied = None;
+            for e in &rd.committed_entries {
+                self.inv.on_apply(id, e);
+                let n = &mut self.nodes[slot];
+                if e.index <= n.kv.applied {
+                    continue;
+                }
+                let result = n.kv.apply(e.index, &e.data);
+                last_applied = Some(e.index);
+                if let Some((term, w)) = n.proposals.remove(&e.index) {
+                    let resp = match (term == e.term, result) {
+                        (true, Some((_, OpResult::Done))) => {
+                            self.inv.on_ack(e.index, e.term);
+                            Response::Done
+                        }
+                        (true, Some((_, OpResult::CasFailed))) => Response::CasFailed,
+                        _ => Response::Unknown,
+                    };
+                    self.respond(w, resp);
+                }
+            }
+            if let Some(index) = last_applied {
+                self.record(slot, TraceEvent::Applied { index });
+            }
+            for rs in rd.read_states {
+                if let Some(w) = self.nodes[slot].reads_pending.remove(&rs.id) {
+                    self.nodes[slot].reads_ready.push((rs.index, w));
+                }
+            }
+            for (rid, _) in rd.failed_reads {
+                if let Some(w) = self.nodes[slot].reads_pending.remove(&rid) {
+                    self.respond(w, Response::Unknown);
+                }
+            }
+            self.serve_ready_reads(slot);
+            self.maybe_compact(slot);
+            let n = &mut self.nodes[slot];
+            if let Some(r) = n.raft.as_ref() {
+                let c = r.commit_index();
+                let before = n.commit_seen;
+                n.commit_seen = c.max(before);
+                self.inv.on_commit(id, before, c);
+            }
+        }
+    }
+
+    fn serve_ready_reads(&mut self, slot: usize) {
+        let applied = self.nodes[slot].kv.applied;
+        let n = &mut self.nodes[slot];
+        if n.reads_ready.iter().all(|(i, _)| *i > applied) {
+            return;
+        }
+        let (now, later): (Vec<_>, Vec<_>) =
+            n.reads_ready.drain(..).partition(|(i, _)| *i <= applied);
+        n.reads_ready = later;
+        for (_, w) in now {
+            let v = self.nodes[slot].kv.map.get(&w.key).copied();
+            self.respond(w, Response::Read(v));
+        }
+    }
+
+    fn maybe_compact(&mut self, slot: usize) {
+        let every = self.plan.compact_every;
+        let n = &mut self.nodes[slot];
+        let Some(r) = n.raft.as_mut() else { return };
+        let applied = n.kv.applied;
+        if applied < r.snapshot_index() + every
+            || applied > r.stable_index()
+            || applied != r.applied_index()
+        {
+            return;
+        }
+        let data = n.kv.snapshot();
+        if let Ok(meta) = r.compact(applied, data.clone()) {
+            n.durable.compact(quorumkv_core::Snapshot { meta, data });
+            self.record(slot, TraceEvent::Compacted { index: applied });
+        }
+    }
+
+    fn start_fsync(&mut self, slot: usize) {
+        let n = &mut self.nodes[slot];
+        if n.fsync_covers > 0 || n.pending.is_empty() {
+            return;
+        }
+        // Group commit: one fsync covers everything written so far.
+        n.fsync_covers = n.pending.len();
+        let incarnation = n.incarnation;
+        let latency = self.rng.range(100, 2 * MS);
+        self.schedule(latency, Ev::Fsync { slot, incarnation });
+    }
+
+    fn send(&mut self, from_slot: usize, m: Message) {
+        let Some(&to_slot) = self.id_to_slot.get(&m.to) else { return };
+        let (delays, copies) = self.net.route(&mut self.rng, from_slot, to_slot);
+        if copies == 0 {
+            self.record(from_slot, TraceEvent::Drop { to: m.to, kind: m.body.kind() });
+            return;
+        }
+        if copies == 2 {
+            self.schedule(delays[1], Ev::Deliver(m.clone()));
+        }
+        self.schedule(delays[0], Ev::Deliver(m));
+    }
+
+    // ----- clients ---------------------------------------------------------------------------
+
+    fn serve(&mut self, slot: usize, client: usize, op_id: u64, req: Request) {
+        let what = match req {
+            Request::Read(_) => "read",
+            Request::Command(_) => "command",
+        };
+        self.record(slot, TraceEvent::Request { client, what });
+        let n = &mut self.nodes[slot];
+        let Some(r) = n.raft.as_mut() else { return };
+        let waiting = |key| Waiting { client, op_id, key };
+        match req {
+            Request::Read(key) => {
+                let rid = n.next_read_id;
+                n.next_read_id += 1;
+                match r.read_index(rid) {
+                    Ok(()) => {
+                        n.reads_pending.insert(rid, waiting(key));
+                    }
+                    Err(RaftError::NotLeader { leader }) => {
+                        self.respond(waiting(key), Response::NotLeader(leader))
+                    }
+                    Err(_) => self.respond(waiting(key), Response::Refused),
+                }
+            }
+            Request::Command(cmd) => match r.propose(cmd.encode()) {
+                Ok((index, term)) => {
+                    n.proposals.insert(index, (term, waiting(0)));
+                }
+                Err(RaftError::NotLeader { leader }) => {
+                    self.respond(waiting(0), Response::NotLeader(leader))
+                }
+                Err(_) => self.respond(waiting(0), Response::Refused),
+            },
+        }
+    }
+
+    fn respond(&mut self, w: Waiting, resp: Response) {
+        let delay = self.rng.range(100, 500);
+        self.schedule(delay, Ev::Respond { client: w.client, op_id: w.op_id, resp });
+    }
+
+    fn next_op(&mut self, client: usize) {
+        if self.clients_stopped || self.clients[client].op.is_some() {
+            return;
+        }
+        let key = self.rng.range(0, u64::from(self.plan.keys)) as Key;
+        let op_id = self.next_op_id;
+        self.next_op_id += 1;
+        let value = op_id as i64;
+        let roll = self.rng.unit();
+        let c = &mut self.clients[client];
+        let (req, f, arg) = if roll < 0.5 {
+            (Request::Read(key), F::Read, Value::Null)
+        } else {
+            c.seq += 1;
+            let (op, f, arg) = if roll < 0.8 {
+                (Op::Write { key, value }, F::Write, Value::Int(value))
+            } else {
+                let expected = self.rng.range(0, op_id.max(1)) as i64;
+                let expected = if expected == 0 { None } else { Some(expected) };
+                let arg =
+                    Value::List(vec![expected.map_or(Value::Null, Value::Int), Value::Int(value)]);
+                (Op::Cas { key, expected, new: value }, F::Cas, arg)
+            };
+            (Request::Command(Command { session: c.session, seq: c.seq, op }), f, arg)
+        };
+        let process = self.clients[client].process;
+        let key_name = format!("k{key}");
+        let t = Some(self.now * 1000);
+        if let Err(e) = self.recorder.invoke(process, f, Some(&key_name), arg, t) {
+            self.inv.violations.push(format!("history bookkeeping: {e}"));
+        }
+        let deadline = self.now + 2 * SEC;
+        self.clients[client].op =
+            Some(ClientOp { op_id, attempt: 0, req, deadline, maybe_applied: false });
+        // Reads go anywhere (followers forward them); commands to the believed leader.
+        if matches!(req, Request::Read(_)) && self.rng.chance(0.5) {
+            self.clients[client].target = self.rng.range(0, self.nodes.len() as u64) as usize;
+        }
+        self.attempt(client);
+    }
+
+    fn attempt(&mut self, client: usize) {
+        let Some(op) = self.clients[client].op.as_mut() else { return };
+        op.attempt += 1;
+        let (op_id, attempt, req) = (op.op_id, op.attempt, op.req);
+        let slot = self.clients[client].target;
+        let delay = self.rng.range(100, 500);
+        if self.nodes[slot].status != Status::Down {
+            self.schedule(delay, Ev::Arrive { slot, client, op_id, req });
+        }
+        self.schedule(300 * MS, Ev::AttemptTimeout { client, op_id, attempt });
+    }
+
+    fn retarget(&mut self, client: usize, hint: Option<NodeId>) {
+        let slot = match hint.and_then(|id| self.id_to_slot.get(&id).copied()) {
+            Some(s) if s != self.clients[client].target => s,
+            _ => {
+                (self.clients[client].target
+                    + 1
+                    + self.rng.range(0, self.nodes.len() as u64 - 1) as usize)
+                    % self.nodes.len()
+            }
+        };
+        self.clients[client].target = slot;
+    }
+
+    fn on_response(&mut self, client: usize, op_id: u64, resp: Response) {
+        let Some(op) = self.clients[client].op.clone() else { return };
+        if op.op_id != op_id {
+            return;
+        }
+        match resp {
+            Response::Read(v) => {
+                self.finish_op(client, Completion::Ok(v.map_or(Value::Null, Value::Int)))
+            }
+            Response::Done => {
+                let v = match op.req {
+                    Request::Command(Command { op: Op::Write { value, .. }, .. }) => {
+                        Value::Int(value)
+                    }
+                    Request::Command(Command { op: Op::Cas { expected, new, .. }, .. }) => {
+                        Value::List(vec![expected.map_or(Value::Null, Value::Int), Value::Int(new)])
+                    }
+                    Request::Read(_) => Value::Null,
+                };
+                self.finish_op(client, Completion::Ok(v));
+            }
+            Response::CasFailed => self.finish_op(client, Completion::Fail),
+            Response::NotLeader(hint) => self.retry(client, hint, false),
+            Response::Refused => self.retry(client, None, false),
+            Response::Unknown => self.retry(client, None, true),
+        }
+    }
+
+    fn on_attempt_timeout(&mut self, client: usize, op_id: u64, attempt: u32) {
+        let Some(op) = self.clients[client].op.as_ref() else { return };
+        if op.op_id != op_id || op.attempt != attempt {
+            return;
+        }
+        self.retry(client, None, true);
+    }
+
+    fn retry(&mut self, client: usize, hint: Option<NodeId>, maybe_applied: bool) {
+        let now = self.now;
+        let Some(op) = self.clients[client].op.as_mut() else { return };
+        op.maybe_applied |= maybe_applied && matches!(op.req, Request::Command(_));
+        if now >= op.deadline {
+            let completion = if op.maybe_applied { Completion::Unknown } else { Completion::Fail };
+            self.finish_op(client, completion);
+            return;
+        }
+        self.retarget(client, hint);
+        self.attempt(client);
+    }
+
+    fn finish_op(&mut self, client: usize, completion: Completion) {
+        let Some(op) = self.clients[client].op.take() else { return };
+        self.complete(client, &op, completion);
+        let think = self.rng.range(0, 5 * MS);
+        self.schedule(think, Ev::ClientNext { client });
+    }
+
+    fn complete(&mut self, client: usize, op: &ClientOp, completion: Completion) {
+        let process = self.clients[client].process;
+        let t = Some(self.now * 1000);
+        let result = match completion {
+            Completion::Ok(v) => {
+                self.ops_completed += 1;
+                if self.healed
+                    && self.recovered_after.is_none()
+                    && matches!(op.req, Request::Command(_))
+                    && op.deadline >= self.heal_at + 2 * SEC
+                {
+                    self.recovered_after = Some(self.now - self.heal_at);
+                }
+                self.recorder.ok(process, v, t)
+            }
+            Completion::Fail => {
+                self.ops_completed += 1;
+                self.recorder.fail(process, Value::Null, t)
+            }
+            Completion::Unknown => {
+                self.ops_info += 1;
+                let r = self.recorder.info(process, Value::Null, t);
+                // A process whose last operation is unknown never issues another.
+                self.clients[client].process = self.next_process;
+                self.next_process += 1;
+                r
+            }
+        };
+        if let Err(e) = result {
+            self.inv.violations.push(format!("history bookkeeping: {e}"));
+        }
+    }
+
+    // ----- nemesis --------------------------------------------------------------------------
+
+    fn episodic(&self) -> Vec<FaultKind> {
+        self.plan.faults.iter().copied().filter(|f| f.is_episodic()).collect()
+    }
+
+    fn nemesis(&mut self) {
+        if self.healed {
+            return;
+        }
+        let kinds = self.episodic();
+        let Some(&kind) = self.rng.pick(&kinds) else { return };
+        let n = self.nodes.len();
+        let slots: Vec<usize> = (0..n).collect();
+        let duration = self.rng.range(300 * MS, 3 * SEC);
+        let label = kind.name().to_string();
+        match kind {
+            FaultKind::Partition => {
+                let mut s = slots.clone();
+                self.rng.shuffle(&mut s);
+                let cut = self.rng.range(1, n as u64) as usize;
+                self.new_partition(&[s[..cut].to_vec(), s[cut..].to_vec()], duration);
+            }
+            FaultKind::IsolateLeader => {
+                if let Some(l) = self.leader_slot() {
+                    let rest: Vec<usize> = slots.iter().copied().filter(|&s| s != l).collect();
+                    self.new_partition(&[vec![l], rest], duration);
+                }
+            }
+            FaultKind::Ring => {
+                self.new_token(duration);
+                for a in 0..n {
+                    for b in 0..n {
+                        let dist = (a + n - b) % n;
+                        if dist > 1 && dist < n - 1 {
+                            self.net.block(a, b);
+                        }
+                    }
+                }
+                if n == 3 {
+                    // A ring of three is complete; use a line instead (0 - 1 - 2).
+                    self.net.block(0, 2);
+                    self.net.block(2, 0);
+                }
+            }
+            FaultKind::Bridge => {
+                let mut s = slots.clone();
+                self.rng.shuffle(&mut s);
+                let half = (n - 1) / 2;
+                let (a, b) = (s[..half].to_vec(), s[half + 1..].to_vec());
+                self.new_partition(&[a, b], duration);
+            }
+            FaultKind::OneWay => {
+                self.new_token(duration);
+                let from = self.rng.range(0, n as u64) as usize;
+                for to in 0..n {
+                    if to != from && self.rng.chance(0.7) {
+                        self.net.block(from, to);
+                    }
+                }
+            }
+            FaultKind::Flap => {
+                let token = self.new_token(duration);
+                let a = self.rng.range(0, n as u64) as usize;
+                let b = (a + 1 + self.rng.range(0, n as u64 - 1) as usize) % n;
+                self.schedule(0, Ev::Flap { token, a, b });
+            }
+            FaultKind::Crash => {
+                let slot = self.rng.range(0, n as u64) as usize;
+                self.crash(slot);
+                self.schedule(duration, Ev::Restart { slot });
+            }
+            FaultKind::Pause => {
+                let slot = self.rng.range(0, n as u64) as usize;
+                if self.nodes[slot].status == Status::Up {
+                    self.nodes[slot].status = Status::Paused;
+                    self.record(slot, TraceEvent::Nemesis("paused".into()));
+                    self.schedule(duration, Ev::Resume { slot });
+                }
+            }
+            FaultKind::Transfer => {
+                if let Some(l) = self.leader_slot() {
+                    let voters = self.nodes[l]
+                        .raft
+                        .as_ref()
+                        .map(|r| r.conf_state().voters.clone())
+                        .unwrap_or_default();
+                    if let Some(&to) = self.rng.pick(&voters) {
+                        if let Some(r) = self.nodes[l].raft.as_mut() {
+                            let _ = r.transfer_leader(to);
+                        }
+                        self.drive(l);
+                    }
+                }
+            }
+            FaultKind::Wipe => {
+                if !self.membership_busy {
+                    let slot = self.rng.range(0, n as u64) as usize;
+                    let new_id = self.next_node_id;
+                    self.next_node_id += 1;
+                    self.membership_busy = true;
+                    self.schedule(0, Ev::WipeStep { slot, step: 0, new_id });
+                }
+            }
+            FaultKind::Membership => {
+                if !self.membership_busy {
+                    let slot = self.rng.range(0, n as u64) as usize;
+                    let id = self.nodes[slot].id;
+                    if self.propose_change(ConfChangeStep::AddLearner(id)) {
+                        self.membership_busy = true;
+                        self.schedule(duration, Ev::Promote { slot, id });
+                    }
+                }
+            }
+            FaultKind::Loss
+            | FaultKind::Delay
+            | FaultKind::Duplicate
+            | FaultKind::Skew
+            | FaultKind::SkewBeyond => {}
+        }
+        self.record(0, TraceEvent::Nemesis(format!("nemesis: {label}")));
+        let next = self.rng.range(100 * MS, SEC);
+        self.schedule(next, Ev::Nemesis);
+    }
+
+    fn new_token(&mut self, duration: Time) -> u64 {
+        self.net.clear_partitions();
+        self.partition_token += 1;
+        let token = self.partition_token;
+        self.schedule(duration, Ev::EndPartition { token });
+        token
+    }
+
+    fn new_partition(&mut self, groups: &[Vec<usize>], duration: Time) {
+        self.new_token(duration);
+        self.net.partition(groups);
+    }
+
+    /// Proposes a one-step membership change at the current leader, if any.
+    fn propose_change(&mut self, step: ConfChangeStep) -> bool {
+        let Some(l) = self.leader_slot() else { return false };
+        let ok = self.nodes[l]
+            .raft
+            .as_mut()
+            .is_some_and(|r| r.propose_conf_change(ConfChange { steps: vec![step] }).is_ok());
+        self.drive(l);
+        ok
+    }
+
+    fn leader_conf(&self) -> Option<quorumkv_core::ConfState> {
+        let l = self.leader_slot()?;
+        self.nodes[l].raft.as_ref().map(|r| r.conf_state().clone())
+    }
+
+    /// Remove the machine's node, wipe the disk, re-add under a new id as a learner, promote.
+    fn wipe_step(&mut self, slot: usize, step: u8, new_id: NodeId) {
+        let retry = 300 * MS;
+        let old_id = self.nodes[slot].id;
+        match step {
+            0 => {
+                let voters = self.leader_conf().map_or(0, |c| c.voters.len());
+                if voters < 3 || self.healed {
+                    self.membership_busy = false;
+                    return;
+                }
+                let next =
+                    if self.propose_change(ConfChangeStep::RemoveNode(old_id)) { 1 } else { 0 };
+                if next == 0 && self.rng.chance(0.3) {
+                    self.membership_busy = false;
+                    return;
+                }
+                self.schedule(retry, Ev::WipeStep { slot, step: next, new_id });
+            }
+            1 => {
+                // Wait until the leader no longer counts the old node, then wipe the machine.
+                match self.leader_conf() {
+                    Some(c) if !c.all_members().contains(&old_id) => {
+                        self.crash(slot);
+                        self.id_to_slot.remove(&old_id);
+                        let n = &mut self.nodes[slot];
+                        n.id = new_id;
+                        n.durable = Durable::default();
+                        self.id_to_slot.insert(new_id, slot);
+                        self.record(
+                            slot,
+                            TraceEvent::Nemesis(format!(
+                                "wiped; node {old_id} becomes node {new_id}"
+                            )),
+                        );
+                        self.start_process(slot);
+                        self.schedule(0, Ev::WipeStep { slot, step: 2, new_id });
+                    }
+                    _ => self.schedule(retry, Ev::WipeStep { slot, step: 1, new_id }),
+                }
+            }
+            2 => {
+                if self.propose_change(ConfChangeStep::AddLearner(new_id)) {
+                    let d = self.rng.range(300 * MS, 2 * SEC);
+                    self.schedule(d, Ev::Promote { slot, id: new_id });
+                } else {
+                    self.schedule(retry, Ev::WipeStep { slot, step: 2, new_id });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn promote(&mut self, slot: usize, id: NodeId) {
+        if self.nodes[slot].id != id {
+            self.membership_busy = false;
+            return;
+        }
+        let is_voter = self.leader_conf().is_some_and(|c| c.voters.contains(&id) && !c.is_joint());
+        if is_voter {
+            self.membership_busy = false;
+            return;
+        }
+        self.propose_change(ConfChangeStep::AddVoter(id));
+        self.schedule(300 * MS, Ev::Promote { slot, id });
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.net.heal();
+        self.partition_token += 1;
+        for slot in 0..self.nodes.len() {
+            self.nodes[slot].clock_rate = 1.0;
+            match self.nodes[slot].status {
+                Status::Down => self.start_process(slot),
+                Status::Paused => self.resume(slot),
+                Status::Up => {}
+            }
+        }
+        self.record(0, TraceEvent::Nemesis("heal: all faults removed".into()));
+    }
+}
+
+enum Completion {
+    Ok(Value),
+    Fail,
+    Unknown,
+}
+
+/// Draws a run's plan from its seed.
+pub fn plan(
+    rng: &mut Rng,
+    nodes: Option<usize>,
+    allowed: Option<&[FaultKind]>,
+    fault_time: Time,
+) -> Plan {
+    let nodes = nodes.unwrap_or(if rng.chance(0.5) { 3 } else { 5 });
+    let faults = crate::faults::pick_mix(rng, allowed);
+    let mut raft = Config::new(1, 1);
+    raft.pre_vote = rng.chance(0.8);
+    raft.max_entries_per_msg = *rng.pick(&[1usize, 4, 64, 1024]).unwrap_or(&64);
+    raft.max_inflight_msgs = *rng.pick(&[1usize, 4, 256]).unwrap_or(&4);
+    raft.snapshot_chunk_bytes = *rng.pick(&[64usize, 512, 1 << 16]).unwrap_or(&512);
+    raft.snapshot_chunks_in_flight = rng.range(1, 5) as usize;
+    raft.max_uncommitted_entries = 2_000;
+    let beyond = faults.contains(&FaultKind::SkewBeyond);
+    if !beyond && rng.chance(0.5) {
+        raft.lease_read_max_drift_ticks = Some(2);
+    }
+    Plan {
+        nodes,
+        clients: rng.range(3, 9) as usize,
+        keys: rng.range(1, 5) as u32,
+        compact_every: *rng.pick(&[10u64, 50, 300]).unwrap_or(&50),
+        raft,
+        faults,
+        fault_time,
+        heal_time: 10 * SEC,
+    }
+}

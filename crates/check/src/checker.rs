@@ -62,7 +62,7 @@
 //! - The explanation of a violation describes the deepest point the search reached; when
 //!   several independent contradictions exist it names one of them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
@@ -437,6 +437,8 @@ struct Frame<S> {
     /// It was the only choice worth trying in its configuration, so undoing it means that
     /// configuration is dead too.
     forced: bool,
+    /// The scan's deadline when it was chosen (`NIL` while scanning must-happen calls).
+    deadline: u32,
 }
 
 /// The deepest dead end: how many operations were linearized, which operation's return
@@ -474,10 +476,20 @@ impl<S: PartialEq + Clone> Trace<S> {
 
 /// Marker for "no entry".
 const NIL: u32 = u32::MAX;
-/// The list's head sentinel.
+/// Head sentinel of the list of must-happen calls and returns.
 const HEAD: u32 = 0;
+/// Tail sentinel of that list.
+const TAIL: u32 = 1;
+/// Head sentinel of the list of `info` calls.
+const INFO_HEAD: u32 = 2;
+/// Tail sentinel of that list.
+const INFO_TAIL: u32 = 3;
 
-/// The call/return entries of one partition as an index-linked list.
+/// The entries of one partition as two index-linked lists in real-time order: calls and
+/// returns of must-happen operations, and calls of `info` operations (which have no return).
+/// Keeping `info` calls apart means a scan meets them only once it reached a deadline, so
+/// must-happen operations are always tried first, and long-pending `info` calls are not
+/// walked over at every step.
 struct Entries {
     next: Vec<u32>,
     prev: Vec<u32>,
@@ -486,45 +498,60 @@ struct Entries {
     is_call: Vec<bool>,
     /// For a call entry: its return entry, or `NIL` for an `info` operation.
     ret: Vec<u32>,
-    /// The tail sentinel.
-    tail: u32,
+    /// Position of each entry's event in the real-time order (`usize::MAX` for sentinels).
+    event: Vec<usize>,
 }
 
 impl Entries {
-    /// Entries in real-time order: by the position of their event in the history.
+    /// Builds both lists, ordered by the position of each event in the history.
     fn new<O>(ops: &[PartitionOp<O>], history: &History) -> Entries {
-        let mut events: Vec<(usize, u32, bool)> = Vec::with_capacity(ops.len() * 2);
+        let mut main: Vec<(usize, u32, bool)> = Vec::with_capacity(ops.len() * 2);
+        let mut info: Vec<(usize, u32, bool)> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let operation = &history.operations[op.operation];
             let i = u32::try_from(i).unwrap_or(NIL);
-            events.push((operation.invoke.index, i, true));
-            if !op.info
-                && let Some(complete) = operation.complete
-            {
-                events.push((complete.index, i, false));
+            if op.info {
+                info.push((operation.invoke.index, i, true));
+                continue;
+            }
+            main.push((operation.invoke.index, i, true));
+            if let Some(complete) = operation.complete {
+                main.push((complete.index, i, false));
             }
         }
-        events.sort_unstable_by_key(|e| e.0);
-        let count = events.len();
-        let tail = u32::try_from(count + 1).unwrap_or(NIL);
+        main.sort_unstable_by_key(|e| e.0);
+        info.sort_unstable_by_key(|e| e.0);
+        let count = 4 + main.len() + info.len();
         let mut entries = Entries {
-            next: (1..=tail).chain([NIL]).collect(),
-            prev: [NIL].into_iter().chain(0..tail).collect(),
-            op: vec![NIL; count + 2],
-            is_call: vec![false; count + 2],
-            ret: vec![NIL; count + 2],
-            tail,
+            next: vec![NIL; count],
+            prev: vec![NIL; count],
+            op: vec![NIL; count],
+            is_call: vec![false; count],
+            ret: vec![NIL; count],
+            event: vec![usize::MAX; count],
         };
         let mut call_entry = vec![NIL; ops.len()];
-        for (slot, &(_, op, is_call)) in events.iter().enumerate() {
-            let entry = slot + 1;
-            entries.op[entry] = op;
-            entries.is_call[entry] = is_call;
-            if is_call {
-                call_entry[op as usize] = u32::try_from(entry).unwrap_or(NIL);
-            } else {
-                entries.ret[call_entry[op as usize] as usize] = u32::try_from(entry).unwrap_or(NIL);
+        let mut slot = 4_u32;
+        for (head, tail, events) in [(HEAD, TAIL, &main), (INFO_HEAD, INFO_TAIL, &info)] {
+            let mut last = head;
+            for &(event, op, is_call) in events {
+                let entry = slot;
+                slot += 1;
+                let e = entry as usize;
+                entries.event[e] = event;
+                entries.op[e] = op;
+                entries.is_call[e] = is_call;
+                if is_call {
+                    call_entry[op as usize] = entry;
+                } else {
+                    entries.ret[call_entry[op as usize] as usize] = entry;
+                }
+                entries.next[last as usize] = entry;
+                entries.prev[e] = last;
+                last = entry;
             }
+            entries.next[last as usize] = tail;
+            entries.prev[tail as usize] = last;
         }
         entries
     }
@@ -592,6 +619,70 @@ impl BuildHasher for BuildFold {
     }
 }
 
+/// The `info` operations used on a path, as a bitset over the partition's `info` ops.
+type UsedInfo = Box<[u64]>;
+
+/// The used-`info` sets recorded for one configuration key, minimal under inclusion.
+enum UsedSets {
+    /// The common case: one set (no allocation when the partition has no `info` ops).
+    One(UsedInfo),
+    /// Several incomparable sets.
+    Many(Vec<UsedInfo>),
+}
+
+/// True when every bit of `a` is in `b`.
+fn is_subset(a: &[u64], b: &[u64]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x & !y == 0)
+}
+
+/// Explored configurations, with dominance between `info` usages.
+///
+/// A configuration is keyed by a fingerprint of the must-happen operations linearized, the
+/// state and the restriction flag; the `info` operations used so far are kept beside it.
+/// Having used fewer `info` operations is never worse: an unused one can still be used
+/// later, or never, since it has no deadline. So a configuration is skipped when the same
+/// key was reached with a subset of its used `info` operations.
+struct Visited {
+    map: HashMap<u128, UsedSets, BuildFold>,
+}
+
+impl Visited {
+    fn new() -> Self {
+        Visited { map: HashMap::with_hasher(BuildFold) }
+    }
+
+    /// Records a configuration; false when it is dominated by one already recorded.
+    fn insert(&mut self, key: u128, used: &[u64]) -> bool {
+        let sets = match self.map.entry(key) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(UsedSets::One(used.into()));
+                return true;
+            }
+            std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+        };
+        match sets {
+            UsedSets::One(known) if is_subset(known, used) => false,
+            UsedSets::One(known) if is_subset(used, known) => {
+                *known = used.into();
+                true
+            }
+            UsedSets::One(known) => {
+                let known = std::mem::take(known);
+                *sets = UsedSets::Many(vec![known, used.into()]);
+                true
+            }
+            UsedSets::Many(all) => {
+                if all.iter().any(|known| is_subset(known, used)) {
+                    return false;
+                }
+                all.retain(|known| !is_subset(used, known));
+                all.push(used.into());
+                true
+            }
+        }
+    }
+}
+
 /// The search over one partition.
 struct Search<'a, M: Model> {
     model: &'a M,
@@ -611,6 +702,15 @@ struct Search<'a, M: Model> {
     twin_before: Vec<u32>,
     /// Per operation: linearized on the current path.
     linearized: Vec<bool>,
+    /// Per operation: its bit in the used-`info` bitset, or `NIL` for a must-happen op.
+    info_bit: Vec<u32>,
+    /// The `info` operations used on the current path.
+    used: Vec<u64>,
+    /// Per `info` operation: the non-`info` operations with an identical model op, in
+    /// invoke order.
+    ok_twins: Vec<Vec<u32>>,
+    /// Per operation: the position of its invoke in the real-time order.
+    invoke_event: Vec<usize>,
     /// Per token: the look-ahead generation that last saw an operation leave it.
     marks: Vec<u32>,
     /// The current look-ahead generation.
@@ -635,6 +735,37 @@ impl<'a, M: Model> Search<'a, M> {
                 last_twin.insert(&op.op, u32::try_from(i).unwrap_or(NIL)).unwrap_or(NIL)
             })
             .collect();
+        let mut info_count = 0_u32;
+        let info_bit = partition
+            .ops
+            .iter()
+            .map(|op| {
+                if !op.info {
+                    return NIL;
+                }
+                info_count += 1;
+                info_count - 1
+            })
+            .collect();
+        let info_count = info_count as usize;
+        let mut by_op: HashMap<&M::Op, Vec<u32>> = HashMap::new();
+        for (i, op) in partition.ops.iter().enumerate() {
+            if !op.info {
+                by_op.entry(&op.op).or_default().push(u32::try_from(i).unwrap_or(NIL));
+            }
+        }
+        let ok_twins =
+            partition
+                .ops
+                .iter()
+                .map(|op| {
+                    if op.info {
+                        by_op.get(&op.op).cloned().unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
         Search {
             model,
             partition,
@@ -647,6 +778,14 @@ impl<'a, M: Model> Search<'a, M> {
             read_only: partition.ops.iter().map(|op| model.is_read_only(&op.op)).collect(),
             twin_before,
             linearized: vec![false; partition.ops.len()],
+            used: vec![0; info_count.div_ceil(64)],
+            info_bit,
+            ok_twins,
+            invoke_event: partition
+                .ops
+                .iter()
+                .map(|op| history.operations[op.operation].invoke.index)
+                .collect(),
             marks: vec![0; partition.tokens],
             generation: 0,
         }
@@ -656,9 +795,15 @@ impl<'a, M: Model> Search<'a, M> {
     /// only rejects choices that some other path covers:
     /// - an `info` op whose effect no unlinearized op observes is never needed;
     /// - of identical `info` ops the earliest invoked can stand in for any later one;
+    /// - an `info` op is not needed while an identical op that must happen could be
+    ///   linearized instead (swap the two in any linearization that uses the `info` one);
     /// - right after an `info` blind op only a non-blind op may follow, since a blind one
     ///   would erase its effect unseen (a path without the `info` op covers that).
-    fn worth_trying(&self, op: usize, after_blind_info: bool) -> bool {
+    ///
+    /// `deadline` is the real-time position of the first pending deadline.
+    fn worth_trying(&self, op: usize, after_blind_info: bool, deadline: usize) -> bool {
+        /// How far back to look for an identical pending operation; only a find prunes.
+        const TWINS_LOOKED_AT: usize = 16;
         if after_blind_info && self.blind[op] {
             return false;
         }
@@ -667,8 +812,26 @@ impl<'a, M: Model> Search<'a, M> {
             return true;
         }
         let twin = self.twin_before[op];
-        (twin == NIL || self.linearized[twin as usize])
-            && pop.effect.is_none_or(|token| self.observers_left[token as usize] > 0)
+        if !(twin == NIL || self.linearized[twin as usize])
+            || pop.effect.is_some_and(|token| self.observers_left[token as usize] == 0)
+        {
+            return false;
+        }
+        let twins = &self.ok_twins[op];
+        if twins.is_empty() {
+            return true;
+        }
+        // Operations invoked before the first pending deadline can be linearized now.
+        let enabled = twins.partition_point(|&t| self.invoke_event[t as usize] < deadline);
+        !twins[..enabled].iter().rev().take(TWINS_LOOKED_AT).any(|&t| !self.linearized[t as usize])
+    }
+
+    /// Flips `op`'s bit in the used-`info` set (no-op for must-happen operations).
+    fn toggle_used(&mut self, op: usize) {
+        let bit = self.info_bit[op];
+        if bit != NIL {
+            self.used[bit as usize / 64] ^= 1 << (bit % 64);
+        }
     }
 
     fn linearize(&mut self, op: usize) {
@@ -685,7 +848,7 @@ impl<'a, M: Model> Search<'a, M> {
         }
     }
 
-    /// The depth-first search. Leaves the list and counters as it found them unless the
+    /// The depth-first search. Leaves the lists and counters as it found them unless the
     /// budget runs out.
     fn run(
         &mut self,
@@ -697,32 +860,45 @@ impl<'a, M: Model> Search<'a, M> {
         /// Mixed into the fingerprint of a configuration reached by an `info` blind op, whose
         /// choices are restricted and so must not stand in for the unrestricted one.
         const AFTER_BLIND_INFO: u128 = 0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15;
-        let mut visited: HashSet<u128, BuildFold> = HashSet::with_hasher(BuildFold);
+        let mut visited = Visited::new();
         let mut stack: Vec<Frame<M::State>> = Vec::new();
         let mut state = self.partition.init.clone();
         let mut after_blind_info = false;
         let mut bits: u128 = 0;
-        visited.insert(self.model.fingerprint(&state));
+        visited.insert(self.model.fingerprint(&state), &self.used);
         let mut deepest: Option<Deepest<M::State>> = None;
-        let mut entry = self.list.next[HEAD as usize];
         let mut iterations: u64 = 0;
+        // The scan walks the must-happen list up to its first return entry (the deadline),
+        // then the `info` calls invoked before that deadline.
+        let mut entry = self.list.next[HEAD as usize];
+        let mut deadline = NIL;
+        if entry == TAIL {
+            return SearchEnd::Linearizable;
+        }
 
         loop {
             iterations += 1;
             if iterations.is_multiple_of(CLOCK_EVERY) && budget.time_up() {
                 return SearchEnd::OutOfBudget(Limit::Time);
             }
-            if entry == self.list.tail {
-                // Only info operations are left; they never took effect.
-                return SearchEnd::Linearizable;
-            }
             let e = entry as usize;
+            if deadline == NIL && !self.list.is_call[e] {
+                // The first deadline: every must-happen candidate was tried; now `info` ones.
+                deadline = entry;
+                entry = self.list.next[INFO_HEAD as usize];
+                continue;
+            }
             // The return entry at which this configuration turned out dead, if it did.
             let mut dead_end = None;
-            if self.list.is_call[e] {
+            let deadline_event =
+                if deadline == NIL { usize::MAX } else { self.list.event[deadline as usize] };
+            if deadline != NIL && (entry == INFO_TAIL || self.list.event[e] > deadline_event) {
+                // Nothing left to try before the deadline: its operation cannot be placed.
+                dead_end = Some(deadline);
+            } else {
                 let op = self.list.op[e] as usize;
                 let mut advance = true;
-                if self.worth_trying(op, after_blind_info) {
+                if self.worth_trying(op, after_blind_info, deadline_event) {
                     let pop = &self.partition.ops[op];
                     let next = self.model.step(&state, &pop.op);
                     if let Some(trace) = trace.as_deref_mut()
@@ -737,10 +913,15 @@ impl<'a, M: Model> Search<'a, M> {
                         // go first in any extension of this configuration (moving it earlier
                         // changes no state): it is then the only choice worth trying here.
                         let forced = !pop.info && self.read_only[op];
-                        let next_bits = bits ^ self.zobrist[op];
+                        // Must-happen operations go into the key, `info` ones into the set.
+                        let next_bits = if pop.info { bits } else { bits ^ self.zobrist[op] };
                         let next_flag = pop.info && self.blind[op];
                         let flag_key = if next_flag { AFTER_BLIND_INFO } else { 0 };
-                        if visited.insert(next_bits ^ flag_key ^ self.model.fingerprint(&next)) {
+                        let key = next_bits ^ flag_key ^ self.model.fingerprint(&next);
+                        self.toggle_used(op);
+                        let fresh = visited.insert(key, &self.used);
+                        self.toggle_used(op);
+                        if fresh {
                             if !budget.take_config() {
                                 return SearchEnd::OutOfBudget(Limit::Configs);
                             }
@@ -750,12 +931,20 @@ impl<'a, M: Model> Search<'a, M> {
                                 state_before,
                                 after_blind_info,
                                 forced,
+                                deadline,
                             });
                             after_blind_info = next_flag;
                             bits = next_bits;
+                            self.toggle_used(op);
                             self.linearize(op);
                             self.list.lift(entry);
+                            if self.list.next[HEAD as usize] == TAIL {
+                                // Every must-happen operation is placed; the remaining `info`
+                                // operations never took effect.
+                                return SearchEnd::Linearizable;
+                            }
                             entry = self.list.next[HEAD as usize];
+                            deadline = NIL;
                             match self.unmeetable_deadline(&state) {
                                 None => continue,
                                 Some(ret) => {
@@ -779,9 +968,6 @@ impl<'a, M: Model> Search<'a, M> {
                     entry = self.list.next[e];
                     continue;
                 }
-            } else {
-                // A return entry: its operation's deadline passed unlinearized.
-                dead_end = Some(entry);
             }
             if let Some(ret) = dead_end {
                 let depth = stack.len();
@@ -806,18 +992,22 @@ impl<'a, M: Model> Search<'a, M> {
             // Undo choices until one whose configuration has alternatives left.
             loop {
                 let Some(frame) = stack.pop() else {
-                    let stuck = self.list.op[e] as usize;
+                    let stuck = dead_end.map_or(0, |ret| self.list.op[ret as usize] as usize);
                     let depth = 0;
                     return SearchEnd::Stuck(deepest.unwrap_or(Deepest { depth, stuck, state }));
                 };
                 let op = self.list.op[frame.call as usize] as usize;
                 self.unlinearize(op);
-                bits ^= self.zobrist[op];
+                self.toggle_used(op);
+                if self.info_bit[op] == NIL {
+                    bits ^= self.zobrist[op];
+                }
                 state = frame.state_before;
                 after_blind_info = frame.after_blind_info;
                 self.list.unlift(frame.call);
                 if !frame.forced {
                     entry = self.list.next[frame.call as usize];
+                    deadline = frame.deadline;
                     break;
                 }
             }
@@ -825,10 +1015,10 @@ impl<'a, M: Model> Search<'a, M> {
     }
 
     /// A cheap look-ahead that saves exploring every subset of a doomed window. Each of
-    /// the first few pending deadlines (return entries) must be met by operations whose
-    /// calls precede it. An operation that needs a state other than the current one needs
-    /// one of those to leave that state; when none can, this configuration is dead.
-    /// Returns the return entry whose deadline cannot be met.
+    /// the first few pending deadlines (return entries) must be met by operations invoked
+    /// before it. An operation that needs a state other than the current one needs one of
+    /// those to leave that state; when none can, this configuration is dead. Returns the
+    /// return entry whose deadline cannot be met.
     fn unmeetable_deadline(&mut self, state: &M::State) -> Option<u32> {
         /// How many deadlines are looked at: the first ones are the likely culprits, and
         /// each costs a walk further down the list.
@@ -842,8 +1032,9 @@ impl<'a, M: Model> Search<'a, M> {
             self.generation = 1;
         }
         let mut deadlines = 0;
+        let mut info = self.list.next[INFO_HEAD as usize];
         let mut e = self.list.next[HEAD as usize];
-        while e != self.list.tail && deadlines < DEADLINES_MAX {
+        while e != TAIL && deadlines < DEADLINES_MAX {
             let op = &ops[self.list.op[e as usize] as usize];
             if self.list.is_call[e as usize] {
                 if let Some(token) = op.effect {
@@ -851,6 +1042,13 @@ impl<'a, M: Model> Search<'a, M> {
                 }
             } else {
                 deadlines += 1;
+                let event = self.list.event[e as usize];
+                while info != INFO_TAIL && self.list.event[info as usize] < event {
+                    if let Some(token) = ops[self.list.op[info as usize] as usize].effect {
+                        self.marks[token as usize] = self.generation;
+                    }
+                    info = self.list.next[info as usize];
+                }
                 if let Some(needed) = op.needs
                     && needed != current
                     && self.marks[needed as usize] != self.generation
@@ -863,14 +1061,21 @@ impl<'a, M: Model> Search<'a, M> {
         None
     }
 
-    /// Operations whose call entries precede `until` in the list.
+    /// Operations that could still be placed before the deadline `until`: must-happen calls
+    /// before it in the list, and `info` calls invoked before it.
     fn pending_before(&self, until: u32) -> Vec<usize> {
         let mut pending = Vec::new();
         let mut e = self.list.next[HEAD as usize];
-        while e != until && e != self.list.tail {
+        while e != until && e != TAIL {
             if self.list.is_call[e as usize] {
                 pending.push(self.list.op[e as usize] as usize);
             }
+            e = self.list.next[e as usize];
+        }
+        let bound = self.list.event[until as usize];
+        let mut e = self.list.next[INFO_HEAD as usize];
+        while e != INFO_TAIL && self.list.event[e as usize] < bound {
+            pending.push(self.list.op[e as usize] as usize);
             e = self.list.next[e as usize];
         }
         pending

@@ -38,27 +38,49 @@
 //!
 //! # Pruning that keeps the search small
 //!
+//! Each rule below only skips choices that another explored path covers; the argument is
+//! given where the rule is implemented. A property test compares the result with a brute
+//! force search on small random histories, which is how such rules are kept honest.
+//!
 //! - `fail` operations are dropped, and so are `info` reads (an unknown read constrains
 //!   nothing). Values are interned into small integers.
+//! - `info` calls live in a list of their own and are tried only after every must-happen
+//!   candidate, and only those invoked before the first pending deadline.
 //! - An `info` operation whose effect (for a register: the value it writes) no remaining
 //!   operation can observe is useless to apply: after it the object is in a state that
-//!   nothing reads back, and only a blind write leaves such a state, so any linearization
-//!   using it stays valid without it. The search skips such an operation once every
-//!   operation observing its effect is linearized, and the partition drops it outright when
-//!   nothing observes it at all. This keeps histories with many `info` writes tractable.
+//!   nothing reads back, and only a blind write leaves such a state. The search skips it
+//!   once every operation observing its effect is linearized; the partition drops it
+//!   outright when nothing observes it at all. Likewise an `info` blind write is never
+//!   followed directly by another blind write, which would erase it unseen.
+//! - Identical operations are interchangeable: of identical `info` operations only the
+//!   earliest unused one is tried, and none while an identical must-happen one could be
+//!   linearized instead.
+//! - A read-only operation (a read) that must happen and can take effect now is taken at
+//!   once with no alternative tried: moving it earlier changes no state.
+//! - A look-ahead over the next few deadlines declares a configuration dead when some
+//!   pending operation needs a state (a value) that nothing invoked before its deadline
+//!   can produce.
+//! - Visited configurations are keyed by the must-happen operations placed and the state;
+//!   the set of `info` operations used is kept beside the key, and a configuration is
+//!   skipped when the same key was reached using a subset of its `info` operations (an
+//!   unused `info` operation can always still be used later, or never).
 //! - A cheap static check first rejects operations that no order can explain (a read of a
 //!   value nobody wrote), with a precise explanation and no search.
 //!
 //! # Caveats
 //!
-//! - The visited set stores 128-bit fingerprints of configurations (Zobrist hashing of the
-//!   bitset combined with a hash of the state), not the configurations themselves: 16 bytes
-//!   per configuration instead of one bit per operation. A fingerprint collision could prune
-//!   an unexplored branch and so report a violation that is not one; with 128 bits the
-//!   probability is below 2^-80 even for a billion configurations.
+//! - The visited set keys configurations by 128-bit fingerprints (Zobrist hashing of the
+//!   linearized set combined with a hash of the state), not by the sets themselves. A
+//!   fingerprint collision could prune an unexplored branch and so report a violation that
+//!   is not one; with 128 bits the probability is below 2^-80 even for a billion
+//!   configurations.
 //! - The problem is NP-complete in general. The search has a budget (configurations per key
 //!   and wall-clock time, see [`CheckOptions`]) and answers [`CheckOutcome::Unknown`] when it
-//!   runs out, rather than running forever.
+//!   runs out, rather than running forever; the reason names the furthest point reached.
+//!   Linearizable histories are usually quick: the search goes straight through. A
+//!   violation deep in a long single-key history with many concurrent clients, many `info`
+//!   operations and few distinct values is the expensive case, since every way of
+//!   explaining the prefix must be ruled out first. Writing unique values keeps it cheap.
 //! - The explanation of a violation describes the deepest point the search reached; when
 //!   several independent contradictions exist it names one of them.
 
@@ -287,13 +309,24 @@ pub fn check<M: Model>(
         stats.configs += budget.configs_used;
         match end {
             SearchEnd::Linearizable => {}
-            SearchEnd::OutOfBudget(limit) => {
+            SearchEnd::OutOfBudget(limit, furthest) => {
                 let key = key_phrase(&partition.key);
-                unknown.get_or_insert(format!(
+                let mut reason = format!(
                     "{limit} on {key} after exploring {} configurations of {} operations",
                     budget.configs_used,
                     partition.ops.len()
-                ));
+                );
+                // Where the search struggled is the best lead there is: a violation, if
+                // any, is most likely there.
+                if let Some((depth, stuck)) = furthest {
+                    let op = OpRef::new(&history.operations[partition.ops[stuck].operation]);
+                    reason.push_str(&format!(
+                        "; at best {depth} operations were placed before {} ({}) could not be",
+                        who(&op),
+                        op.window()
+                    ));
+                }
+                unknown.get_or_insert(reason);
                 if limit == Limit::Time {
                     break;
                 }
@@ -423,7 +456,8 @@ impl Budget {
 enum SearchEnd<S> {
     Linearizable,
     Stuck(Deepest<S>),
-    OutOfBudget(Limit),
+    /// Which limit, and the deepest dead end so far (depth, stuck operation).
+    OutOfBudget(Limit, Option<(usize, usize)>),
 }
 
 /// One choice on the search stack.
@@ -879,7 +913,7 @@ impl<'a, M: Model> Search<'a, M> {
         loop {
             iterations += 1;
             if iterations.is_multiple_of(CLOCK_EVERY) && budget.time_up() {
-                return SearchEnd::OutOfBudget(Limit::Time);
+                return SearchEnd::OutOfBudget(Limit::Time, deepest.map(|d| (d.depth, d.stuck)));
             }
             let e = entry as usize;
             if deadline == NIL && !self.list.is_call[e] {
@@ -923,7 +957,8 @@ impl<'a, M: Model> Search<'a, M> {
                         self.toggle_used(op);
                         if fresh {
                             if !budget.take_config() {
-                                return SearchEnd::OutOfBudget(Limit::Configs);
+                                let furthest = deepest.map(|d| (d.depth, d.stuck));
+                                return SearchEnd::OutOfBudget(Limit::Configs, furthest);
                             }
                             let state_before = std::mem::replace(&mut state, next);
                             stack.push(Frame {

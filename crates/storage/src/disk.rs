@@ -240,7 +240,8 @@ impl DiskFile for RealFile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashMode {
     /// Seeded choice per file: a prefix of its unsynced writes survives, the last one of which
-    /// may be torn; a prefix of the unsynced directory operations survives.
+    /// may be torn (see [`SimDisk::set_zero_filled_tears`]); a prefix of the unsynced directory
+    /// operations survives.
     Random,
     /// Only synced data and synced names survive.
     LoseUnsynced,
@@ -371,6 +372,8 @@ struct SimState {
     capacity_bytes: Option<u64>,
     /// Mutations left before the simulated power goes off; `None` = power stays on.
     power_budget: Option<u64>,
+    /// Whether a torn write may keep its length with zeros past the written sectors.
+    zero_filled_tears: bool,
 }
 
 fn power_off_error() -> io::Error {
@@ -424,7 +427,7 @@ impl SimState {
     }
 
     /// Reverts one inode to its durable content plus what `mode` keeps of its pending writes.
-    fn settle_inode(rng: &mut Rng, inode: &mut Inode, mode: CrashMode) {
+    fn settle_inode(rng: &mut Rng, inode: &mut Inode, mode: CrashMode, zero_filled_tears: bool) {
         let pending = std::mem::take(&mut inode.pending);
         let keep = match mode {
             CrashMode::LoseUnsynced => 0,
@@ -436,17 +439,7 @@ impl SimState {
             let last = i + 1 == keep;
             match write {
                 PendingWrite::Write { offset, data } if last && mode == CrashMode::Random => {
-                    // The last surviving write may be torn: only a prefix of it reached the media.
-                    let torn = if rng.chance(0.5) {
-                        rng.range(0, data.len() as u64 + 1) as usize
-                    } else {
-                        data.len()
-                    };
-                    let partial = PendingWrite::Write {
-                        offset: *offset,
-                        data: data.get(..torn).unwrap_or(data).to_vec(),
-                    };
-                    apply_write(&mut content, &partial);
+                    apply_write(&mut content, &torn_write(rng, *offset, data, zero_filled_tears));
                 }
                 _ => apply_write(&mut content, write),
             }
@@ -454,6 +447,30 @@ impl SimState {
         inode.durable = content.clone();
         inode.content = content;
     }
+}
+
+/// Bytes a crash may leave of the last write that reached the media: all of it, a prefix of it
+/// (the file ends early), or, with `zero_filled`, its full length with zeros from a 512-byte
+/// sector boundary on (the file size was updated, the last sectors never written).
+fn torn_write(rng: &mut Rng, offset: u64, data: &[u8], zero_filled: bool) -> PendingWrite {
+    const SECTOR: u64 = 512;
+    let end = offset + data.len() as u64;
+    let first_boundary = offset.div_ceil(SECTOR) * SECTOR;
+    let boundaries = if first_boundary < end { (end - 1 - first_boundary) / SECTOR + 1 } else { 0 };
+    let choice = rng.range(0, if zero_filled && boundaries > 0 { 3 } else { 2 });
+    let mut kept = data.to_vec();
+    match choice {
+        0 => {}
+        1 => kept.truncate(rng.range(0, data.len() as u64 + 1) as usize),
+        _ => {
+            let cut = first_boundary + rng.range(0, boundaries) * SECTOR;
+            let from = (cut - offset) as usize;
+            if let Some(tail) = kept.get_mut(from..) {
+                tail.fill(0);
+            }
+        }
+    }
+    PendingWrite::Write { offset, data: kept }
 }
 
 impl SimDisk {
@@ -476,6 +493,7 @@ impl SimDisk {
                 full: false,
                 capacity_bytes: None,
                 power_budget: None,
+                zero_filled_tears: false,
             })),
         }
     }
@@ -504,7 +522,7 @@ impl SimDisk {
         let live: BTreeSet<InodeId> = state.names.values().copied().collect();
         state.inodes.retain(|ino, _| live.contains(ino));
         for inode in state.inodes.values_mut() {
-            SimState::settle_inode(&mut state.rng, inode, mode);
+            SimState::settle_inode(&mut state.rng, inode, mode, state.zero_filled_tears);
         }
         state.generation += 1;
         state.stats.crashes += 1;
@@ -554,6 +572,13 @@ impl SimDisk {
     /// [`io::ErrorKind::StorageFull`] and writes nothing.
     pub fn set_full(&self, full: bool) {
         self.inner.lock().full = full;
+    }
+
+    /// Lets a torn write (in [`CrashMode::Random`]) also keep its full length with zeros from a
+    /// sector boundary on, as file systems that update the size before the data can. Off by
+    /// default: a torn write then only ever leaves a prefix.
+    pub fn set_zero_filled_tears(&self, enabled: bool) {
+        self.inner.lock().zero_filled_tears = enabled;
     }
 
     /// Total bytes the files may hold (`None` = unlimited); a write past it fails as when full.
@@ -864,9 +889,9 @@ impl DiskFile for SimFile {
                 state.fail_next_sync = false;
                 // Like Linux after a write-back error: some dirty data is gone for good, and
                 // the page cache now shows whatever survived.
-                let SimState { rng, inodes, .. } = state;
+                let SimState { rng, inodes, zero_filled_tears, .. } = state;
                 if let Some(inode) = inodes.get_mut(&ino) {
-                    SimState::settle_inode(rng, inode, CrashMode::Random);
+                    SimState::settle_inode(rng, inode, CrashMode::Random, *zero_filled_tears);
                 }
                 return Err(io::Error::other(format!(
                     "simulated fsync failure on {}: its unsynced data may be lost",
@@ -948,6 +973,33 @@ mod tests {
             let full = b"base01234567";
             assert!(got.len() >= 4 && full.starts_with(&got), "seed {seed}: {got:?}");
         }
+    }
+
+    #[test]
+    fn sim_zero_filled_tears_keep_the_length_and_zero_whole_sectors() {
+        let mut zero_filled = 0;
+        for seed in 0..100 {
+            let disk = SimDisk::new(seed);
+            disk.set_zero_filled_tears(true);
+            disk.create_dir_all(&p("/d")).unwrap();
+            let mut f = disk.open(&p("/d/a"), OpenMode::CreateNew).unwrap();
+            f.append(&[1u8; 100]).unwrap();
+            f.sync().unwrap();
+            disk.sync_dir(&p("/d")).unwrap();
+            f.append(&[2u8; 1400]).unwrap();
+            disk.crash();
+            let got = disk.read_all(&p("/d/a")).unwrap();
+            assert!(got[..100].iter().all(|&b| b == 1), "seed {seed}");
+            if got.len() == 1500 && got[1499] == 0 {
+                zero_filled += 1;
+                let zero_from = got.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                assert_eq!(zero_from % 512, 0, "seed {seed}: zeros start at a sector boundary");
+                assert!(got[100..zero_from].iter().all(|&b| b == 2), "seed {seed}");
+            } else {
+                assert!(got[100..].iter().all(|&b| b == 2), "seed {seed}: a prefix otherwise");
+            }
+        }
+        assert!(zero_filled > 5, "zero-filled tears happen: {zero_filled}");
     }
 
     #[test]

@@ -242,14 +242,16 @@ fn crash_at_every_mutation_recovers_a_durable_prefix() {
     assert!(total > 100, "the workload should make many disk calls, made {total}");
     let mut crash_points = 0;
     for point in 0..=total {
-        for variant in 0..3u64 {
+        for variant in 0..4u64 {
             let disk = SimDisk::new(point * 31 + variant);
+            // Variant 3: torn writes may also keep their length with unwritten (zero) sectors.
+            disk.set_zero_filled_tears(variant == 3);
             disk.power_off_after(point);
             let outcome = run(&disk, &script);
             let mode = match variant {
-                0 => CrashMode::Random,
                 1 => CrashMode::LoseUnsynced,
-                _ => CrashMode::KeepUnsynced,
+                2 => CrashMode::KeepUnsynced,
+                _ => CrashMode::Random,
             };
             disk.crash_with(mode);
             let context = format!("crash after {point} mutations, {mode:?}");
@@ -308,6 +310,7 @@ fn crash_during_recovery_is_harmless() {
     for point in (0..=total).step_by(3) {
         for recovery_budget in 0..4u64 {
             let disk = SimDisk::new(point ^ (recovery_budget << 32));
+            disk.set_zero_filled_tears(recovery_budget % 2 == 1);
             disk.power_off_after(point);
             let outcome = run(&disk, &script);
             disk.crash();

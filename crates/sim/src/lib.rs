@@ -158,7 +158,21 @@ pub fn run(options: &SimOptions) -> RunReport {
         options.fault_secs * 1_000_000,
     );
     let (nodes, faults) = (plan.nodes, plan.faults.clone());
-    let outcome = world::World::new(world_seed, plan, options.trace).run();
+    // A panic inside the protocol (an assertion a broken build trips) is a finding, not a
+    // crash of the sweep.
+    let outcome = match std::panic::catch_unwind(move || {
+        world::World::new(world_seed, plan, options.trace).run()
+    }) {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            world::Outcome::panicked(what)
+        }
+    };
     let sim_wall = started.elapsed();
     let checked = Instant::now();
     let history =

@@ -24,6 +24,8 @@ const MS: Time = 1_000;
 const SEC: Time = 1_000_000;
 /// Nominal tick period.
 const TICK: Time = 10 * MS;
+/// A run that needs more events than this is stuck in a loop.
+const MAX_EVENTS: u64 = 20_000_000;
 
 /// A client's request to a node.
 #[derive(Clone, Copy, Debug)]
@@ -165,6 +167,27 @@ pub struct Outcome {
     pub snapshot_installs: u64,
     /// Crashes injected.
     pub crashes: u64,
+}
+
+impl Outcome {
+    /// The outcome of a run the protocol aborted with a panic.
+    pub fn panicked(what: String) -> Self {
+        Self {
+            violations: vec![format!("panic: {what}")],
+            recovered_after: None,
+            history: Vec::new(),
+            ops_completed: 0,
+            ops_info: 0,
+            events: 0,
+            digest: 0,
+            trace_text: None,
+            recent: String::new(),
+            end_time: 0,
+            elections: 0,
+            snapshot_installs: 0,
+            crashes: 0,
+        }
+    }
 }
 
 /// The world.
@@ -311,11 +334,16 @@ impl World {
     pub fn run(mut self) -> Outcome {
         let end = self.heal_at + self.plan.heal_time + 3 * SEC;
         while let Some(Reverse(q)) = self.queue.pop() {
-            if q.at > end {
+            // A broken build can diverge without bound once safety is lost: the first
+            // violation ends the run (it is reported with the events that led to it).
+            if q.at > end || !self.inv.violations.is_empty() || self.trace.events() > MAX_EVENTS {
                 break;
             }
             self.now = q.at;
             self.handle(q.ev);
+        }
+        if self.trace.events() > MAX_EVENTS {
+            self.inv.violations.push(format!("run exceeded {MAX_EVENTS} events (livelock?)"));
         }
         self.now = end;
         self.finish()

@@ -126,6 +126,9 @@ pub enum ConfChangeStep {
 pub struct ConfChange {
     /// The steps, applied together. Empty means "leave the joint configuration".
     pub steps: Vec<ConfChangeStep>,
+    /// Opaque data for the application, carried with the change and ignored by the protocol
+    /// (the node runtime puts the new members' addresses here).
+    pub context: Bytes,
 }
 
 /// Metadata of a snapshot: the state machine as of `index`, and the membership at that point.
@@ -149,10 +152,11 @@ pub struct Snapshot {
 }
 
 impl ConfChange {
-    /// Encodes as entry data: a u32 step count, then per step a tag byte and a u64 node id, all
-    /// little-endian. Stable: it is stored in logs and snapshots.
+    /// Encodes as entry data: a u32 step count, then per step a tag byte and a u64 node id,
+    /// then a u32 context length and the context, all little-endian. Stable: it is stored in
+    /// logs and snapshots.
     pub fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(4 + self.steps.len() * 9);
+        let mut out = Vec::with_capacity(8 + self.steps.len() * 9 + self.context.len());
         out.extend_from_slice(&(self.steps.len() as u32).to_le_bytes());
         for step in &self.steps {
             let (tag, id) = match *step {
@@ -163,14 +167,20 @@ impl ConfChange {
             out.push(tag);
             out.extend_from_slice(&id.to_le_bytes());
         }
+        out.extend_from_slice(&(self.context.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.context);
         Bytes::from(out)
     }
 
     /// Decodes [`ConfChange::encode`]'s output; `None` on any malformed input.
     pub fn decode(data: &[u8]) -> Option<Self> {
         let count = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
-        let body = data.get(4..)?;
-        if body.len() != count.checked_mul(9)? {
+        let steps_end = 4usize.checked_add(count.checked_mul(9)?)?;
+        let body = data.get(4..steps_end)?;
+        let context_len =
+            u32::from_le_bytes(data.get(steps_end..steps_end + 4)?.try_into().ok()?) as usize;
+        let context = data.get(steps_end + 4..)?;
+        if context.len() != context_len {
             return None;
         }
         let steps = body
@@ -185,7 +195,7 @@ impl ConfChange {
                 }
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Self { steps })
+        Some(Self { steps, context: Bytes::copy_from_slice(context) })
     }
 }
 
@@ -201,6 +211,7 @@ mod tests {
                 ConfChangeStep::AddLearner(5),
                 ConfChangeStep::RemoveNode(1),
             ],
+            context: Bytes::from_static(b"addr"),
         };
         assert_eq!(ConfChange::decode(&cc.encode()), Some(cc));
         assert_eq!(
@@ -208,8 +219,18 @@ mod tests {
             Some(ConfChange::default())
         );
         assert_eq!(ConfChange::decode(&[1, 0, 0]), None);
-        assert_eq!(ConfChange::decode(&[1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(ConfChange::decode(&[1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(ConfChange::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        let mut long = cc_bytes_with_context_len(5);
+        long.push(0);
+        assert_eq!(ConfChange::decode(&long), None);
+        assert_eq!(ConfChange::decode(&cc_bytes_with_context_len(5)[..10]), None);
+    }
+
+    fn cc_bytes_with_context_len(n: usize) -> Vec<u8> {
+        ConfChange { steps: vec![ConfChangeStep::AddVoter(1)], context: Bytes::from(vec![9u8; n]) }
+            .encode()
+            .to_vec()
     }
 
     #[test]

@@ -100,7 +100,7 @@ mod tests {
     }
 
     fn change(steps: &[ConfChangeStep]) -> ConfChange {
-        ConfChange { steps: steps.to_vec() }
+        ConfChange { steps: steps.to_vec(), ..Default::default() }
     }
 
     #[test]

@@ -42,6 +42,7 @@ impl RestoreState {
     pub fn bootstrap(voters: &[NodeId]) -> Self {
         let change = ConfChange {
             steps: voters.iter().map(|&id| quorumkv_core::ConfChangeStep::AddVoter(id)).collect(),
+            context: Bytes::new(),
         };
         Self {
             hard_state: HardState { term: 1, vote: None, commit: 1 },
@@ -392,6 +393,15 @@ impl Raft {
             }
             None => Err(RaftError::NotLeader { leader: None }),
         }
+    }
+
+    /// The metadata a snapshot of the state machine at applied index `index` must carry (its
+    /// term and the membership in force there); `None` if `index` is not applied or not held.
+    pub fn snapshot_meta_at(&self, index: LogIndex) -> Option<SnapshotMeta> {
+        if index > self.log.applied || index < self.log.snapshot_index {
+            return None;
+        }
+        Some(SnapshotMeta { index, term: self.log.term(index)?, conf_state: self.conf_at(index) })
     }
 
     /// The driver took a snapshot of the state machine at applied index `index`; the log is

@@ -454,21 +454,21 @@ fn membership_4_3_add_learner_promote_remove() {
     let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);
     c.add_node(4);
-    let add = ConfChange { steps: vec![ConfChangeStep::AddLearner(4)] };
+    let add = ConfChange { steps: vec![ConfChangeStep::AddLearner(4)], ..Default::default() };
     c.node(1).propose_conf_change(add).unwrap();
     c.tick_all(5);
     assert_eq!(c.nodes[&1].conf_state().learners, vec![4]);
     c.propose(1, "x").unwrap();
     c.tick_all(3);
     assert_eq!(c.applied_data(4), c.applied_data(1), "learner receives the log");
-    let promote = ConfChange { steps: vec![ConfChangeStep::AddVoter(4)] };
+    let promote = ConfChange { steps: vec![ConfChangeStep::AddVoter(4)], ..Default::default() };
     c.node(1).propose_conf_change(promote).unwrap();
     c.tick_all(5);
     let cs = c.nodes[&1].conf_state().clone();
     assert_eq!(cs.voters, vec![1, 2, 3, 4]);
     assert!(!cs.is_joint(), "joint configuration left automatically");
     assert!(c.nodes[&4].conf_state().voters.contains(&4));
-    let remove = ConfChange { steps: vec![ConfChangeStep::RemoveNode(1)] };
+    let remove = ConfChange { steps: vec![ConfChangeStep::RemoveNode(1)], ..Default::default() };
     c.node(1).propose_conf_change(remove).unwrap();
     c.tick_all(5);
     // The removed leader stepped down once C_new was in force; a new leader emerges.
@@ -484,9 +484,9 @@ fn one_membership_change_at_a_time() {
     let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);
     c.stabilize();
-    let add = ConfChange { steps: vec![ConfChangeStep::AddVoter(4)] };
+    let add = ConfChange { steps: vec![ConfChangeStep::AddVoter(4)], ..Default::default() };
     c.node(1).propose_conf_change(add).unwrap();
-    let again = ConfChange { steps: vec![ConfChangeStep::AddVoter(5)] };
+    let again = ConfChange { steps: vec![ConfChangeStep::AddVoter(5)], ..Default::default() };
     assert!(matches!(
         c.node(1).propose_conf_change(again),
         Err(RaftError::ConfChangeInProgress(_))

@@ -1108,7 +1108,7 @@ impl World {
         let ok = self.nodes[l]
             .raft
             .as_mut()
-            .is_some_and(|r| r.propose_conf_change(ConfChange { steps: vec![step] }).is_ok());
+            .is_some_and(|r| r.propose_conf_change(ConfChange { steps: vec![step], ..Default::default() }).is_ok());
         self.drive(l);
         ok
     }

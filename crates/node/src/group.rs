@@ -1,0 +1,846 @@
+//! The driver of one Raft group on a real node: one tokio task owns the replica and its state
+//! machine, and runs the loop the Raft crate's output contract prescribes.
+//!
+//! Each turn of the loop:
+//! 1. delivers the ticks that came due first (after a pause the missed ticks come before any
+//!    message, so leases and timeouts see the real elapsed time);
+//! 2. takes everything waiting in its inbox (peer messages, proposals, reads, WAL
+//!    completions) as one batch — the batch is what makes group commit and message batching
+//!    happen without timers;
+//! 3. drains `Ready`: sends `messages` at once; hands snapshot, entries and hard state to the
+//!    shared WAL writer (one fsync for every group's writes of the moment) and releases
+//!    `persisted_messages` only from the completion; applies committed entries to the etcd
+//!    state machine, answers the proposers and feeds the watch hub; answers reads whose read
+//!    index the state machine has reached.
+//!
+//! A WAL failure or a fatal apply error stops the group (and the node): carrying on could
+//! acknowledge what is not durable or let replicas diverge.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use quorumkv_core::{ConfChange, ConfChangeStep, ConfState, EntryKind, GroupId, LogIndex, NodeId, Snapshot, Term};
+use quorumkv_kv::command::{Command, Request, encode_command};
+use quorumkv_kv::watch::{WatchConfig, WatchHub};
+use quorumkv_kv::{ApplyError, ApplyOutcome, LeaseClock, StateMachine};
+use quorumkv_raft::{Message, Raft, RaftError, ReadId, Ready, Role};
+use quorumkv_storage::disk::Disk;
+use quorumkv_storage::mvcc::{MvccStore, MvccTxn, RedbStore};
+use quorumkv_storage::snapshot::{ChunkSink, SnapshotDecoder, SnapshotFileStore, encode_to_vec};
+use quorumkv_storage::wal::{WalOp, WalWriter};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::transport::{PeerInfo, Transport};
+
+/// The key under which the member directory lives in the store's metadata.
+const MEMBERS_META: &[u8] = b"quorumkv/members";
+
+/// What a member is, as replicated in the member directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: NodeId,
+    /// Name.
+    pub name: String,
+    /// Peer address.
+    pub peer_addr: String,
+    /// Client address.
+    pub client_addr: String,
+}
+
+/// Why a request to the group failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// This node does not lead; `leader` is the one it knows of.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The known leader, if any.
+        leader: Option<NodeId>,
+    },
+    /// Too many proposals or reads waiting; back off.
+    #[error("too many requests in flight; retry later")]
+    Busy,
+    /// The proposal may or may not have been applied (leadership moved, entry replaced).
+    #[error("the outcome is unknown: leadership changed while the request was in flight; retry")]
+    Unknown,
+    /// The request was refused by the Raft core.
+    #[error("{0}")]
+    Raft(RaftError),
+    /// The command failed deterministically (or fatally) when applied.
+    #[error("{0}")]
+    Apply(ApplyError),
+    /// The group stopped (shutdown or fatal error).
+    #[error("the node is stopping: {0}")]
+    Stopped(String),
+}
+
+impl From<RaftError> for GroupError {
+    fn from(e: RaftError) -> Self {
+        match e {
+            RaftError::NotLeader { leader } => GroupError::NotLeader { leader },
+            RaftError::Busy(_) | RaftError::TooManyReads(_) => GroupError::Busy,
+            other => GroupError::Raft(other),
+        }
+    }
+}
+
+/// An applied proposal: the state machine's outcome and the term it committed in.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// What the state machine did.
+    pub outcome: ApplyOutcome,
+    /// Raft term of the entry.
+    pub term: Term,
+}
+
+type ProposeReply = oneshot::Sender<Result<Applied, GroupError>>;
+
+/// Inputs of the group loop.
+pub enum Input {
+    /// A message from a peer.
+    Peer(Message),
+    /// A client command.
+    Propose { cmd: Command, reply: ProposeReply },
+    /// A linearizable read barrier: answered once the state machine reached a safe read index.
+    Read { reply: oneshot::Sender<Result<(), GroupError>> },
+    /// A membership change; answered once applied.
+    ConfChange { change: ConfChange, reply: oneshot::Sender<Result<ConfState, GroupError>> },
+    /// Hand leadership to `to`.
+    Transfer { to: NodeId, reply: oneshot::Sender<Result<(), GroupError>> },
+    /// Refresh a lease (leader only); answers the TTL left.
+    KeepAlive { id: i64, reply: oneshot::Sender<Result<i64, GroupError>> },
+    /// Seconds left on a lease per the leader's clock.
+    LeaseRemaining { id: i64, reply: oneshot::Sender<Option<i64>> },
+}
+
+/// A WAL submission completed.
+struct Persisted {
+    marker: Option<(LogIndex, Term)>,
+    result: Result<(), String>,
+}
+
+/// What operators and the API layer see of the group.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GroupStatus {
+    /// This node.
+    pub id: NodeId,
+    /// Role name.
+    pub role: String,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: Term,
+    /// Commit index.
+    pub commit: LogIndex,
+    /// Applied index.
+    pub applied: LogIndex,
+    /// Last log index.
+    pub last_index: LogIndex,
+    /// Voters.
+    pub voters: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+    /// Joint configuration in force.
+    pub joint: bool,
+    /// Per-peer match index (leader only).
+    pub peers: BTreeMap<NodeId, LogIndex>,
+    /// Store revision.
+    pub revision: i64,
+    /// The group stopped on a fatal error.
+    pub failed: Option<String>,
+    /// Replicated member directory.
+    pub members: Vec<Member>,
+}
+
+/// State shared between the loop and the API layer.
+pub struct Shared {
+    /// Group status, refreshed every loop turn.
+    pub status: RwLock<GroupStatus>,
+    /// The MVCC store (reads go straight to it once a read barrier passed).
+    pub store: Arc<RedbStore>,
+    /// The watch hub.
+    pub hub: Mutex<WatchHub>,
+    /// Woken whenever the hub may have something for a watcher.
+    pub hub_notify: Notify,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Handle on a running group.
+#[derive(Clone)]
+pub struct GroupHandle {
+    tx: mpsc::Sender<Input>,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+}
+
+impl GroupHandle {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, GroupError>>) -> Input) -> Result<T, GroupError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| GroupError::Stopped("group loop gone".into()))?;
+        rx.await.map_err(|_| GroupError::Unknown)?
+    }
+
+    /// Proposes a command and waits for it to be applied.
+    pub async fn propose(&self, cmd: Command) -> Result<Applied, GroupError> {
+        self.call(|reply| Input::Propose { cmd, reply }).await
+    }
+
+    /// Waits until a linearizable read may be served from the store.
+    pub async fn read_barrier(&self) -> Result<(), GroupError> {
+        self.call(|reply| Input::Read { reply }).await
+    }
+
+    /// Changes membership (answers once applied).
+    pub async fn conf_change(&self, change: ConfChange) -> Result<ConfState, GroupError> {
+        self.call(|reply| Input::ConfChange { change, reply }).await
+    }
+
+    /// Transfers leadership.
+    pub async fn transfer(&self, to: NodeId) -> Result<(), GroupError> {
+        self.call(|reply| Input::Transfer { to, reply }).await
+    }
+
+    /// Refreshes a lease on the leader.
+    pub async fn keep_alive(&self, id: i64) -> Result<i64, GroupError> {
+        self.call(|reply| Input::KeepAlive { id, reply }).await
+    }
+
+    /// Seconds left on a lease (leader's clock); `None` if unknown here.
+    pub async fn lease_remaining(&self, id: i64) -> Option<i64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::LeaseRemaining { id, reply }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> GroupStatus {
+        self.shared.status.read().clone()
+    }
+
+    /// Delivers a peer message (drops it if the loop is overloaded: Raft resends).
+    pub fn deliver(&self, m: Message) {
+        if self.tx.try_send(Input::Peer(m)).is_err() {
+            self.shared.metrics.peer_messages_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Everything a group needs to start.
+pub struct GroupParams {
+    /// Group id.
+    pub group: GroupId,
+    /// Raft configuration (id included).
+    pub raft: quorumkv_raft::Config,
+    /// Restored Raft state.
+    pub restore: quorumkv_raft::RestoreState,
+    /// State machine over the store.
+    pub sm: StateMachine<RedbStore>,
+    /// The node's WAL writer.
+    pub wal: Arc<WalWriter>,
+    /// Snapshot files.
+    pub snapshots: SnapshotFileStore,
+    /// The transport.
+    pub transport: Transport,
+    /// Tick length.
+    pub tick: Duration,
+    /// Snapshot every this many applied entries.
+    pub snapshot_entries: u64,
+    /// Proposal bound.
+    pub max_inflight_proposals: usize,
+    /// Initial members (bootstrap), to seed the member directory.
+    pub initial_members: Vec<Member>,
+    /// Answer reads without a read barrier (unsafe; tests only).
+    pub unsafe_stale_reads: bool,
+    /// Offset of the lease clock (unsafe; tests only).
+    pub clock_offset_ms: i64,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Disk, for snapshot files.
+    pub disk: Arc<dyn Disk>,
+    /// Where snapshot files live.
+    pub snapshot_dir: PathBuf,
+}
+
+struct Group {
+    group: GroupId,
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachine<RedbStore>,
+    wal: Arc<WalWriter>,
+    snapshots: SnapshotFileStore,
+    transport: Transport,
+    shared: Arc<Shared>,
+    tick: Duration,
+    snapshot_entries: u64,
+    max_inflight: usize,
+    proposals: BTreeMap<LogIndex, (Term, ProposeReply)>,
+    conf_waiters: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<ConfState, GroupError>>)>,
+    reads: BTreeMap<ReadId, oneshot::Sender<Result<(), GroupError>>>,
+    ready_reads: Vec<(LogIndex, oneshot::Sender<Result<(), GroupError>>)>,
+    next_read: ReadId,
+    /// Messages waiting for each in-flight WAL submission, oldest first.
+    after_persist: VecDeque<Vec<Message>>,
+    persist_tx: mpsc::UnboundedSender<Persisted>,
+    lease_clock: LeaseClock,
+    epoch: Instant,
+    clock_offset_ms: i64,
+    unsafe_stale_reads: bool,
+    members: BTreeMap<NodeId, Member>,
+    failed: Option<String>,
+    was_leader: bool,
+    leader: Option<NodeId>,
+}
+
+/// Starts the group's loop; returns its handle and the join handle of its task.
+pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>), GroupError> {
+    let raft = Raft::new(p.raft.clone(), p.restore, seed()).map_err(GroupError::Raft)?;
+    let store = Arc::clone(p.sm.store());
+    let hub = WatchHub::new(p.sm.revision(), WatchConfig::default());
+    let shared = Arc::new(Shared {
+        status: RwLock::new(GroupStatus::default()),
+        store,
+        hub: Mutex::new(hub),
+        hub_notify: Notify::new(),
+        metrics: p.metrics.clone(),
+    });
+    let (tx, rx) = mpsc::channel(65_536);
+    let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+    let epoch = Instant::now();
+    let mut lease_clock = LeaseClock::new(Default::default());
+    let members = load_members(&*shared.store, &p.initial_members);
+    for m in members.values() {
+        p.transport.learn(m.id, PeerInfo { name: m.name.clone(), peer_addr: m.peer_addr.clone(), client_addr: m.client_addr.clone(), http_addr: String::new() });
+    }
+    let mut g = Group {
+        group: p.group,
+        id: p.raft.id,
+        raft,
+        wal: p.wal,
+        snapshots: p.snapshots,
+        transport: p.transport,
+        shared: shared.clone(),
+        tick: p.tick,
+        snapshot_entries: p.snapshot_entries.max(1),
+        max_inflight: p.max_inflight_proposals,
+        proposals: BTreeMap::new(),
+        conf_waiters: BTreeMap::new(),
+        reads: BTreeMap::new(),
+        ready_reads: Vec::new(),
+        next_read: 1,
+        after_persist: VecDeque::new(),
+        persist_tx,
+        lease_clock: {
+            lease_clock.sync_with(p.sm.leases(), 0);
+            lease_clock
+        },
+        sm: p.sm,
+        epoch,
+        clock_offset_ms: p.clock_offset_ms,
+        unsafe_stale_reads: p.unsafe_stale_reads,
+        members,
+        failed: None,
+        was_leader: false,
+        leader: None,
+    };
+    g.connect_members();
+    g.refresh_status();
+    let handle = GroupHandle { tx, shared };
+    let task = tokio::spawn(async move { g.run(rx, persist_rx).await });
+    Ok((handle, task))
+}
+
+fn seed() -> u64 {
+    // Election timeouts must differ between nodes; nothing else depends on this value.
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+fn load_members(store: &RedbStore, initial: &[Member]) -> BTreeMap<NodeId, Member> {
+    let stored: Option<Vec<Member>> =
+        store.get_meta(MEMBERS_META).ok().flatten().and_then(|b| serde_json::from_slice(&b).ok());
+    stored.unwrap_or_else(|| initial.to_vec()).into_iter().map(|m| (m.id, m)).collect()
+}
+
+impl Group {
+    fn now_ms(&self) -> u64 {
+        let ms = self.epoch.elapsed().as_millis() as i64 + self.clock_offset_ms;
+        ms.max(0) as u64
+    }
+
+    async fn run(&mut self, mut rx: mpsc::Receiver<Input>, mut persist_rx: mpsc::UnboundedReceiver<Persisted>) {
+        let mut next_tick = tokio::time::Instant::now() + self.tick;
+        loop {
+            if self.failed.is_some() {
+                // Refuse everything from now on; the node's supervisor stops the process.
+                while let Some(input) = rx.recv().await {
+                    self.refuse(input);
+                }
+                return;
+            }
+            tokio::select! {
+                biased;
+                p = persist_rx.recv() => match p {
+                    Some(p) => self.on_persisted(p),
+                    None => return,
+                },
+                input = rx.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_tick) => {}
+            }
+            let now = tokio::time::Instant::now();
+            let mut due = 0;
+            while now >= next_tick && due < 10_000 {
+                self.raft.tick();
+                next_tick += self.tick;
+                due += 1;
+            }
+            if due > 0 {
+                self.on_tick();
+            }
+            for _ in 0..4096 {
+                match persist_rx.try_recv() {
+                    Ok(p) => self.on_persisted(p),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..4096 {
+                match rx.try_recv() {
+                    Ok(input) => self.handle(input),
+                    Err(_) => break,
+                }
+            }
+            self.drain_ready();
+            self.refresh_status();
+        }
+    }
+
+    fn refuse(&mut self, input: Input) {
+        let why = GroupError::Stopped(self.failed.clone().unwrap_or_default());
+        match input {
+            Input::Peer(_) => {}
+            Input::Propose { reply, .. } => drop(reply.send(Err(why))),
+            Input::Read { reply } => drop(reply.send(Err(why))),
+            Input::ConfChange { reply, .. } => drop(reply.send(Err(why))),
+            Input::Transfer { reply, .. } => drop(reply.send(Err(why))),
+            Input::KeepAlive { reply, .. } => drop(reply.send(Err(why))),
+            Input::LeaseRemaining { reply, .. } => drop(reply.send(None)),
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        error!(group = self.group, error = %why, "stopping: fatal storage error");
+        self.failed = Some(why.clone());
+        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+            let _ = r.send(Err(GroupError::Stopped(why.clone())));
+        }
+        self.refresh_status();
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Peer(m) => self.raft.step(m),
+            Input::Propose { cmd, reply } => {
+                if self.proposals.len() >= self.max_inflight {
+                    let _ = reply.send(Err(GroupError::Busy));
+                    return;
+                }
+                let data = Bytes::from(encode_command(&cmd));
+                match self.raft.propose(data) {
+                    Ok((index, term)) => {
+                        self.shared.metrics.proposals.fetch_add(1, Relaxed);
+                        self.proposals.insert(index, (term, reply));
+                    }
+                    Err(e) => {
+                        self.shared.metrics.proposals_failed.fetch_add(1, Relaxed);
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Input::Read { reply } => {
+                if self.unsafe_stale_reads {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                if self.reads.len() + self.ready_reads.len() >= self.max_inflight {
+                    let _ = reply.send(Err(GroupError::Busy));
+                    return;
+                }
+                let id = self.next_read;
+                self.next_read += 1;
+                match self.raft.read_index(id) {
+                    Ok(()) => {
+                        self.reads.insert(id, reply);
+                    }
+                    Err(e) => drop(reply.send(Err(e.into()))),
+                }
+            }
+            Input::ConfChange { change, reply } => match self.raft.propose_conf_change(change) {
+                Ok((index, term)) => {
+                    self.conf_waiters.insert(index, (term, reply));
+                }
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Input::Transfer { to, reply } => {
+                let _ = reply.send(self.raft.transfer_leader(to).map_err(Into::into));
+            }
+            Input::KeepAlive { id, reply } => {
+                if self.raft.role() != Role::Leader {
+                    let _ = reply.send(Err(GroupError::NotLeader { leader: self.raft.leader() }));
+                    return;
+                }
+                let now = self.now_ms();
+                let r = self.lease_clock.keep_alive(id, now).map_err(|e| match e {
+                    quorumkv_kv::KeepAliveError::NotLeader => GroupError::NotLeader { leader: self.raft.leader() },
+                    quorumkv_kv::KeepAliveError::NotFound => {
+                        GroupError::Apply(ApplyError::Rejected(quorumkv_kv::EtcdError::LeaseNotFound))
+                    }
+                });
+                let _ = reply.send(r);
+            }
+            Input::LeaseRemaining { id, reply } => {
+                let now = self.now_ms();
+                let _ = reply.send(self.lease_clock.remaining_secs(id, now));
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.raft.role() != Role::Leader {
+            return;
+        }
+        let now = self.now_ms();
+        let expired = self.lease_clock.expired(now, 64);
+        if !expired.is_empty() {
+            let cmd = quorumkv_kv::command::command(0, 0, Request::LeaseExpire(quorumkv_etcd_proto::internal::LeaseExpire { ids: expired }));
+            // Refused only if not leader any more or overloaded: the next tick retries.
+            let _ = self.raft.propose(Bytes::from(encode_command(&cmd)));
+        }
+    }
+
+    fn on_persisted(&mut self, p: Persisted) {
+        if let Err(e) = p.result {
+            self.fail(format!("write-ahead log: {e}"));
+            return;
+        }
+        if let Some((index, term)) = p.marker {
+            self.raft.on_persisted(index, term);
+        }
+        for m in self.after_persist.pop_front().unwrap_or_default() {
+            self.send(m);
+        }
+    }
+
+    fn send(&mut self, m: Message) {
+        self.transport.send(m);
+    }
+
+    fn drain_ready(&mut self) {
+        while self.failed.is_none() && self.raft.has_ready() {
+            let rd = self.raft.ready();
+            self.handle_ready(rd);
+        }
+    }
+
+    fn handle_ready(&mut self, rd: Ready) {
+        if let Some(ss) = rd.soft_state {
+            self.on_soft_state(ss.role, ss.leader);
+        }
+        let marker = rd.persist_marker();
+        for m in rd.messages {
+            self.send(m);
+        }
+        let mut ops = Vec::new();
+        if let Some(snap) = &rd.snapshot {
+            if let Err(e) = self.install_snapshot(snap) {
+                self.fail(format!("installing snapshot {}: {e}", snap.meta.index));
+                return;
+            }
+            ops.push(WalOp::Compact { group: self.group, meta: snap.meta.clone() });
+        }
+        if !rd.entries.is_empty() {
+            ops.push(WalOp::Append { group: self.group, entries: rd.entries });
+        }
+        if let Some(hs) = rd.hard_state {
+            ops.push(WalOp::HardState { group: self.group, hard_state: hs });
+        }
+        if ops.is_empty() {
+            if !rd.persisted_messages.is_empty() {
+                match self.after_persist.back_mut() {
+                    // Earlier writes are in flight: these wait for them (and so for order).
+                    Some(last) => last.extend(rd.persisted_messages),
+                    None => {
+                        for m in rd.persisted_messages {
+                            self.send(m);
+                        }
+                    }
+                }
+            }
+        } else {
+            self.after_persist.push_back(rd.persisted_messages);
+            let tx = self.persist_tx.clone();
+            let metrics = self.shared.metrics.clone();
+            let started = Instant::now();
+            let submitted = self.wal.submit(ops, move |r| {
+                metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
+                let _ = tx.send(Persisted { marker, result: r.map(|_| ()).map_err(|e| e.to_string()) });
+            });
+            if let Err(e) = submitted {
+                self.fail(format!("write-ahead log: {e}"));
+                return;
+            }
+        }
+        self.apply(&rd.committed_entries);
+        for rs in rd.read_states {
+            if let Some(reply) = self.reads.remove(&rs.id) {
+                self.ready_reads.push((rs.index, reply));
+            }
+        }
+        for (id, e) in rd.failed_reads {
+            if let Some(reply) = self.reads.remove(&id) {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+        self.serve_reads();
+        self.maybe_snapshot();
+    }
+
+    fn on_soft_state(&mut self, role: Role, leader: Option<NodeId>) {
+        let is_leader = role == Role::Leader;
+        let m = &self.shared.metrics;
+        if leader != self.leader {
+            m.leader_changes.fetch_add(1, Relaxed);
+            info!(group = self.group, term = self.raft.term(), leader = ?leader, role = role.as_str(), "leader changed");
+            self.leader = leader;
+        }
+        m.raft_is_leader.store(u64::from(is_leader), Relaxed);
+        let now = self.now_ms();
+        if is_leader && !self.was_leader {
+            m.elections_won.fetch_add(1, Relaxed);
+            self.lease_clock.sync_with(self.sm.leases(), now);
+            self.lease_clock.on_become_leader(now);
+        } else if !is_leader && self.was_leader {
+            self.lease_clock.on_step_down();
+        }
+        self.was_leader = is_leader;
+    }
+
+    fn apply(&mut self, entries: &[quorumkv_core::Entry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let mut last = 0;
+        for e in entries {
+            last = e.index;
+            match e.kind {
+                EntryKind::Normal if e.data.is_empty() => {}
+                EntryKind::Normal => {
+                    let result = self.sm.apply(e.index, &e.data);
+                    match &result {
+                        Ok(outcome) => {
+                            if !outcome.events.is_empty() {
+                                self.shared.hub.lock().on_commit(outcome.revision, &outcome.events);
+                            }
+                            self.lease_clock.on_changes(&outcome.lease_changes, now);
+                        }
+                        Err(err) if !err.is_deterministic() => {
+                            self.fail(format!("applying entry {}: {err}", e.index));
+                            return;
+                        }
+                        Err(_) => {}
+                    }
+                    if let Some((term, reply)) = self.proposals.remove(&e.index) {
+                        let answer = if term != e.term {
+                            Err(GroupError::Unknown)
+                        } else {
+                            result.map(|outcome| Applied { outcome, term }).map_err(GroupError::Apply)
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                EntryKind::ConfChange => {
+                    if let Err(err) = self.apply_membership(e.index, &e.data) {
+                        self.fail(format!("applying membership entry {}: {err}", e.index));
+                        return;
+                    }
+                    if let Some((term, reply)) = self.conf_waiters.remove(&e.index) {
+                        let answer = if term == e.term { Ok(self.raft.conf_state().clone()) } else { Err(GroupError::Unknown) };
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+        }
+        // Proposals at indexes now applied by other entries are settled (lost).
+        while let Some((&i, _)) = self.proposals.first_key_value() {
+            if i > last {
+                break;
+            }
+            if let Some((_, (_, r))) = self.proposals.pop_first() {
+                let _ = r.send(Err(GroupError::Unknown));
+            }
+        }
+        {
+            let mut hub = self.shared.hub.lock();
+            let _ = hub.catch_up(&*self.shared.store, 10_000);
+        }
+        self.shared.hub_notify.notify_waiters();
+        self.shared.metrics.raft_applied_index.store(last, Relaxed);
+    }
+
+    fn apply_membership(&mut self, index: LogIndex, data: &[u8]) -> Result<(), String> {
+        let change = ConfChange::decode(data).unwrap_or_default();
+        let added: Vec<Member> = serde_json::from_slice(&change.context).unwrap_or_default();
+        for step in &change.steps {
+            match *step {
+                ConfChangeStep::AddVoter(id) | ConfChangeStep::AddLearner(id) => {
+                    if let Some(m) = added.iter().find(|m| m.id == id) {
+                        self.members.insert(id, m.clone());
+                    } else {
+                        self.members.entry(id).or_insert_with(|| Member { id, ..Default::default() });
+                    }
+                }
+                ConfChangeStep::RemoveNode(id) => {
+                    self.members.remove(&id);
+                }
+            }
+        }
+        // Keep the directory in the store, atomically with the applied index.
+        let list: Vec<Member> = self.members.values().cloned().collect();
+        let bytes = serde_json::to_vec(&list).map_err(|e| e.to_string())?;
+        let store = Arc::clone(self.sm.store());
+        let mut txn = store.write_txn().map_err(|e| e.to_string())?;
+        txn.set_meta(MEMBERS_META, &bytes).map_err(|e| e.to_string())?;
+        txn.commit(index).map_err(|e| e.to_string())?;
+        self.connect_members();
+        Ok(())
+    }
+
+    /// Points the transport at every member of the configuration.
+    fn connect_members(&mut self) {
+        let conf = self.raft.conf_state().clone();
+        let wanted = conf.all_members();
+        let directory = self.transport.directory();
+        for &id in &wanted {
+            if id == self.id {
+                continue;
+            }
+            let addr = self
+                .members
+                .get(&id)
+                .map(|m| m.peer_addr.clone())
+                .filter(|a| !a.is_empty())
+                .or_else(|| directory.get(&id).map(|p| p.peer_addr.clone()).filter(|a| !a.is_empty()));
+            match addr {
+                Some(addr) => self.transport.set_peer(id, &addr),
+                None => warn!(peer = id, "no address known for member yet"),
+            }
+        }
+        for id in self.transport.peer_ids() {
+            if !wanted.contains(&id) {
+                self.transport.remove_peer(id);
+            }
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        if self.ready_reads.is_empty() {
+            return;
+        }
+        let applied = self.sm.applied_index().max(self.raft.applied_index());
+        let (now, later): (Vec<_>, Vec<_>) = self.ready_reads.drain(..).partition(|(i, _)| *i <= applied);
+        self.ready_reads = later;
+        for (_, reply) in now {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), String> {
+        info!(group = self.group, index = snap.meta.index, bytes = snap.data.len(), "installing snapshot from the leader");
+        self.save_snapshot_file(snap)?;
+        let mut decoder = SnapshotDecoder::new(&snap.data[..]).map_err(|e| e.to_string())?;
+        self.sm.install_snapshot(&mut decoder).map_err(|e| e.to_string())?;
+        self.shared.hub.lock().reset(self.sm.revision());
+        self.lease_clock.sync_with(self.sm.leases(), self.now_ms());
+        self.members = load_members(&*self.shared.store, &[]);
+        self.connect_members();
+        // Waiting proposals inside the snapshot cannot be matched to their entries any more.
+        let covered: Vec<LogIndex> = self.proposals.range(..=snap.meta.index).map(|(i, _)| *i).collect();
+        for i in covered {
+            if let Some((_, r)) = self.proposals.remove(&i) {
+                let _ = r.send(Err(GroupError::Unknown));
+            }
+        }
+        Ok(())
+    }
+
+    fn save_snapshot_file(&self, snap: &Snapshot) -> Result<(), String> {
+        let mut file = self.snapshots.create(snap.meta.index, snap.meta.term).map_err(|e| e.to_string())?;
+        file.write_chunk(0, &snap.data).map_err(|e| e.to_string())?;
+        file.finish().map_err(|e| e.to_string())?;
+        let _ = self.snapshots.gc();
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = self.raft.applied_index();
+        if applied < self.raft.snapshot_index() + self.snapshot_entries || self.sm.applied_index() < applied {
+            return;
+        }
+        let Some(meta) = self.raft.snapshot_meta_at(self.sm.applied_index()) else { return };
+        let data = match self.shared.store.image().map_err(|e| e.to_string()).and_then(|img| encode_to_vec(img, meta.clone()).map_err(|e| e.to_string())) {
+            Ok(d) => Bytes::from(d),
+            Err(e) => {
+                warn!(group = self.group, error = %e, "snapshot failed; will retry later");
+                return;
+            }
+        };
+        let snap = Snapshot { meta: meta.clone(), data: data.clone() };
+        if let Err(e) = self.save_snapshot_file(&snap) {
+            warn!(group = self.group, error = %e, "saving snapshot failed; will retry later");
+            return;
+        }
+        if self.raft.compact(meta.index, data).is_ok() {
+            let tx = self.persist_tx.clone();
+            self.after_persist.push_back(Vec::new());
+            let submitted = self.wal.submit(vec![WalOp::Compact { group: self.group, meta }], move |r| {
+                let _ = tx.send(Persisted { marker: None, result: r.map(|_| ()).map_err(|e| e.to_string()) });
+            });
+            if let Err(e) = submitted {
+                self.fail(format!("write-ahead log: {e}"));
+            }
+        }
+    }
+
+    fn refresh_status(&mut self) {
+        let st = self.raft.status();
+        let m = &self.shared.metrics;
+        m.raft_term.store(st.term, Relaxed);
+        m.raft_commit_index.store(st.commit, Relaxed);
+        let mut s = self.shared.status.write();
+        s.id = self.id;
+        s.role = st.role.as_str().to_string();
+        s.leader = st.leader;
+        s.term = st.term;
+        s.commit = st.commit;
+        s.applied = self.sm.applied_index().max(st.applied.min(self.sm.applied_index().max(st.snapshot_index)));
+        s.last_index = st.last_index;
+        s.voters = st.conf.voters.clone();
+        s.learners = st.conf.learners.clone();
+        s.joint = st.conf.is_joint();
+        s.peers = st.peers.iter().map(|p| (p.id, p.match_index)).collect();
+        s.revision = self.sm.revision();
+        s.failed = self.failed.clone();
+        s.members = self.members.values().cloned().collect();
+    }
+}

@@ -1,5 +1,7 @@
 //! `quorumkv`: the one user-facing binary.
 
+mod demo;
+mod server;
 mod sim;
 
 use std::path::PathBuf;
@@ -17,6 +19,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run one node (every config key is also a flag and a QUORUMKV_* variable).
+    Server(server::ConfigArgs),
+    /// A local cluster of separate server processes, data under ./quorumkv-data.
+    Demo(demo::DemoArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Deterministic simulation sweep of the Raft core under injected faults.
     Sim(sim::SimArgs),
     /// Check a recorded history (JSON lines) for linearizability.
@@ -29,6 +40,12 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the effective configuration (file, environment and flags merged) as TOML.
+    Dump(server::ConfigArgs),
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ModelArg {
     /// One register: read, write, cas.
@@ -39,7 +56,17 @@ enum ModelArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let done = |r: anyhow::Result<()>| match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
     match cli.command {
+        Command::Server(args) => done(server::run(args)),
+        Command::Demo(args) => done(demo::run(args)),
+        Command::Config { command: ConfigCommand::Dump(args) } => done(server::dump(args)),
         Command::Sim(args) => sim::run(args),
         Command::Verify { file, model } => {
             let model = match model {

@@ -26,8 +26,8 @@ pub struct SimArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=7))]
     nodes: Option<u64>,
     /// Comma-separated faults the seeds may choose from (default: all). Known: loss, delay,
-    /// dup, partition, one-way, isolate-leader, ring, bridge, flap, crash, pause, wipe,
-    /// membership, transfer, skew, skew-beyond.
+    /// dup, partition, one-way, isolate-leader, ring, bridge, flap, crash, pause, bitflip,
+    /// fsync-fail, disk-full, wipe, membership, transfer, skew, skew-beyond.
     #[arg(long)]
     faults: Option<String>,
     /// Virtual seconds of faults per run (a heal phase follows).
@@ -134,6 +134,10 @@ fn sweep(
     let five = reports.iter().filter(|r| r.nodes == 5).count();
     let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
     let installs: u64 = reports.iter().map(|r| r.snapshot_installs).sum();
+    let corruptions: u64 = reports.iter().map(|r| r.corruptions_detected).sum();
+    let fsync_failures: u64 = reports.iter().map(|r| r.fsync_failures).sum();
+    let full_episodes: u64 = reports.iter().map(|r| r.disk_full_episodes).sum();
+    let full_stops: u64 = reports.iter().map(|r| r.disk_full_stops).sum();
     println!(
         "{} seeds ({} of 5 nodes) in {wall:.1} s: {} passed, {} failed",
         reports.len(),
@@ -148,13 +152,16 @@ fn sweep(
         "  {ops} client operations, {:.0} simulated ops per second of simulation time (single thread); worst recovery after heal {worst} ms; {crashes} crashes, {installs} snapshot installs",
         ops as f64 / sim_cpu.max(1e-9)
     );
+    println!(
+        "  disk faults: {corruptions} corruptions detected, {fsync_failures} fsync failures, {full_episodes} disk-full episodes ({full_stops} processes stopped by a full disk)"
+    );
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn print_run(r: &RunReport, detail: bool) {
     let faults: Vec<&str> = r.faults.iter().map(|f| f.name()).collect();
     println!(
-        "seed {}: {} nodes, faults [{}]: {} ops ({} unknown), {} events, {} elections, {} crashes, {} snapshot installs, recovered after heal in {}, history {}, digest {:016x}",
+        "seed {}: {} nodes, faults [{}]: {} ops ({} unknown), {} events, {} elections, {} crashes, {} snapshot installs, {} corruptions detected, {} fsync failures, {} disk-full episodes, recovered after heal in {}, history {}, digest {:016x}",
         r.options.seed,
         r.nodes,
         faults.join(","),
@@ -164,6 +171,9 @@ fn print_run(r: &RunReport, detail: bool) {
         r.elections,
         r.crashes,
         r.snapshot_installs,
+        r.corruptions_detected,
+        r.fsync_failures,
+        r.disk_full_episodes,
         r.recovered_ms.map_or("never".to_string(), |ms| format!("{ms} ms")),
         match &r.history {
             HistoryVerdict::Linearizable => "linearizable".to_string(),

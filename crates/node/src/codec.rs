@@ -167,7 +167,11 @@ pub struct Reader(pub Bytes);
 
 impl Reader {
     fn need(&self, n: usize) -> Result<(), CodecError> {
-        if self.0.remaining() < n { Err(CodecError::Malformed("payload ended early")) } else { Ok(()) }
+        if self.0.remaining() < n {
+            Err(CodecError::Malformed("payload ended early"))
+        } else {
+            Ok(())
+        }
     }
     fn u8(&mut self) -> Result<u8, CodecError> {
         self.need(1)?;
@@ -371,7 +375,11 @@ pub fn decode_message(r: &mut Reader) -> Result<Message, CodecError> {
     let body = match r.u8()? {
         0 => MessageBody::PreVote { last_index: r.u64()?, last_term: r.u64()? },
         1 => MessageBody::PreVoteResponse { granted: bool_of(r.u8()?)? },
-        2 => MessageBody::Vote { last_index: r.u64()?, last_term: r.u64()?, transfer: bool_of(r.u8()?)? },
+        2 => MessageBody::Vote {
+            last_index: r.u64()?,
+            last_term: r.u64()?,
+            transfer: bool_of(r.u8()?)?,
+        },
         3 => MessageBody::VoteResponse { granted: bool_of(r.u8()?)? },
         4 => {
             let prev_index = r.u64()?;
@@ -386,7 +394,11 @@ pub fn decode_message(r: &mut Reader) -> Result<Message, CodecError> {
         5 => MessageBody::AppendResponse {
             result: match r.u8()? {
                 0 => AppendResult::Success { match_index: r.u64()? },
-                1 => AppendResult::Reject { rejected_index: r.u64()?, hint_index: r.u64()?, hint_term: r.u64()? },
+                1 => AppendResult::Reject {
+                    rejected_index: r.u64()?,
+                    hint_index: r.u64()?,
+                    hint_term: r.u64()?,
+                },
                 _ => return Err(CodecError::Malformed("unknown append result")),
             },
         },
@@ -399,7 +411,11 @@ pub fn decode_message(r: &mut Reader) -> Result<Message, CodecError> {
             let len = r.u32()? as usize;
             MessageBody::SnapshotChunk { meta, offset, total_bytes, data: r.bytes(len)? }
         }
-        9 => MessageBody::SnapshotResponse { index: r.u64()?, next_offset: r.u64()?, done: bool_of(r.u8()?)? },
+        9 => MessageBody::SnapshotResponse {
+            index: r.u64()?,
+            next_offset: r.u64()?,
+            done: bool_of(r.u8()?)?,
+        },
         10 => MessageBody::TimeoutNow,
         11 => MessageBody::ReadIndex { id: r.u64()? },
         12 => {
@@ -443,7 +459,12 @@ mod tests {
         let meta = SnapshotMeta {
             index: 9,
             term: 2,
-            conf_state: ConfState { voters: vec![1, 2, 3], voters_outgoing: vec![1], learners: vec![4], learners_next: vec![] },
+            conf_state: ConfState {
+                voters: vec![1, 2, 3],
+                voters_outgoing: vec![1],
+                learners: vec![4],
+                learners_next: vec![],
+            },
         };
         let bodies = vec![
             MessageBody::PreVote { last_index: 5, last_term: 2 },
@@ -454,16 +475,28 @@ mod tests {
                 prev_index: 4,
                 prev_term: 1,
                 entries: vec![
-                    Entry { index: 5, term: 2, kind: EntryKind::Normal, data: Bytes::from_static(b"abc") },
+                    Entry {
+                        index: 5,
+                        term: 2,
+                        kind: EntryKind::Normal,
+                        data: Bytes::from_static(b"abc"),
+                    },
                     Entry { index: 6, term: 2, kind: EntryKind::ConfChange, data: Bytes::new() },
                 ],
                 commit: 4,
             },
             MessageBody::AppendResponse { result: AppendResult::Success { match_index: 6 } },
-            MessageBody::AppendResponse { result: AppendResult::Reject { rejected_index: 6, hint_index: 3, hint_term: 1 } },
+            MessageBody::AppendResponse {
+                result: AppendResult::Reject { rejected_index: 6, hint_index: 3, hint_term: 1 },
+            },
             MessageBody::Heartbeat { commit: 6, read_seq: 11 },
             MessageBody::HeartbeatResponse { read_seq: 11 },
-            MessageBody::SnapshotChunk { meta, offset: 10, total_bytes: 30, data: Bytes::from_static(b"chunk") },
+            MessageBody::SnapshotChunk {
+                meta,
+                offset: 10,
+                total_bytes: 30,
+                data: Bytes::from_static(b"chunk"),
+            },
             MessageBody::SnapshotResponse { index: 9, next_offset: 15, done: false },
             MessageBody::TimeoutNow,
             MessageBody::ReadIndex { id: 77 },

@@ -194,9 +194,8 @@ impl NodeConfig {
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() }
             })?;
             for (k, v) in table {
                 if !keys.contains_key(&k) {
@@ -226,12 +225,16 @@ impl NodeConfig {
         }
         // Empty strings for optional keys mean "not set".
         merged.retain(|_, v| !matches!(v, toml::Value::String(s) if s.is_empty()));
-        let cfg: NodeConfig = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Parse {
-                path: file.map_or_else(|| PathBuf::from("(flags and environment)"), Path::to_path_buf),
-                message: e.to_string(),
-            }
-        })?;
+        let cfg: NodeConfig =
+            toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| {
+                ConfigError::Parse {
+                    path: file.map_or_else(
+                        || PathBuf::from("(flags and environment)"),
+                        Path::to_path_buf,
+                    ),
+                    message: e.to_string(),
+                }
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -246,7 +249,9 @@ impl NodeConfig {
             return bad(format!("tick_ms must be between 1 and 10000, got {}", self.tick_ms));
         }
         if self.election_ticks <= self.heartbeat_ticks || self.heartbeat_ticks == 0 {
-            return bad("election_ticks must exceed heartbeat_ticks, which must be at least 1".into());
+            return bad(
+                "election_ticks must exceed heartbeat_ticks, which must be at least 1".into()
+            );
         }
         if self.lease_reads && self.lease_drift_ticks >= self.election_ticks {
             return bad("lease_drift_ticks must be below election_ticks".into());
@@ -258,7 +263,10 @@ impl NodeConfig {
             return bad("count limits must be at least 1".into());
         }
         if !matches!(self.log_format.as_str(), "auto" | "text" | "json") {
-            return bad(format!("log_format must be auto, text or json, got {:?}", self.log_format));
+            return bad(format!(
+                "log_format must be auto, text or json, got {:?}",
+                self.log_format
+            ));
         }
         let unsafe_used = self.unsafe_stale_reads || self.unsafe_clock_offset_ms != 0;
         if unsafe_used && !self.unsafe_test_settings {
@@ -279,10 +287,14 @@ impl NodeConfig {
                 continue;
             }
             let (id, addr) = item.split_once('=').ok_or_else(|| {
-                ConfigError::Invalid(format!("initial_cluster entry {item:?} is not id=peer_address"))
+                ConfigError::Invalid(format!(
+                    "initial_cluster entry {item:?} is not id=peer_address"
+                ))
             })?;
             let id: u64 = id.trim().parse().ok().filter(|&i| i != 0).ok_or_else(|| {
-                ConfigError::Invalid(format!("initial_cluster entry {item:?}: id must be a non-zero integer"))
+                ConfigError::Invalid(format!(
+                    "initial_cluster entry {item:?}: id must be a non-zero integer"
+                ))
             })?;
             if out.iter().any(|m: &InitialMember| m.id == id) {
                 return Err(ConfigError::Invalid(format!("initial_cluster names id {id} twice")));
@@ -297,7 +309,9 @@ impl NodeConfig {
 
     /// A 64-bit cluster id derived from the cluster name (FNV-1a), stable across versions.
     pub fn cluster_id(&self) -> u64 {
-        self.cluster.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+        self.cluster
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
     }
 
     /// The peer address others should dial.
@@ -321,7 +335,12 @@ impl NodeConfig {
     }
 }
 
-fn parse_value(key: &str, default: &toml::Value, text: &str, source: &str) -> Result<toml::Value, ConfigError> {
+fn parse_value(
+    key: &str,
+    default: &toml::Value,
+    text: &str,
+    source: &str,
+) -> Result<toml::Value, ConfigError> {
     let bad = |expected| ConfigError::BadValue {
         key: key.to_string(),
         source_name: source.to_string(),
@@ -334,9 +353,15 @@ fn parse_value(key: &str, default: &toml::Value, text: &str, source: &str) -> Re
             "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
             _ => return Err(bad("a boolean (true or false)")),
         },
-        toml::Value::Integer(_) => toml::Value::Integer(text.trim().parse().map_err(|_| bad("an integer"))?),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(text.trim().parse().map_err(|_| bad("an integer"))?)
+        }
         toml::Value::Array(_) => toml::Value::Array(
-            text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
         ),
         _ => toml::Value::String(text.to_string()),
     })
@@ -373,9 +398,13 @@ mod tests {
         let f = write("tick_ms = 10\nelectoin_ticks = 5\n");
         let err = NodeConfig::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
         assert!(err.contains("electoin_ticks"), "{err}");
-        let err = NodeConfig::load(None, &env(&[("QUORUMKV_TICK_MS", "fast")]), &[]).unwrap_err().to_string();
+        let err = NodeConfig::load(None, &env(&[("QUORUMKV_TICK_MS", "fast")]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tick_ms") && err.contains("integer"), "{err}");
-        let err = NodeConfig::load(None, &env(&[]), &[("nope".into(), "1".into())]).unwrap_err().to_string();
+        let err = NodeConfig::load(None, &env(&[]), &[("nope".into(), "1".into())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
         let f = write("tick_ms = \"ten\"\n");
         assert!(NodeConfig::load(Some(f.path()), &env(&[]), &[]).is_err());
@@ -394,7 +423,12 @@ mod tests {
         let flags = vec![("initial_cluster".to_string(), "1=a,1=b".to_string())];
         assert!(NodeConfig::load(None, &env(&[]), &flags).is_err());
         let flags = vec![("initial_cluster".to_string(), "2=a,3=b".to_string())];
-        assert!(NodeConfig::load(None, &env(&[]), &flags).unwrap_err().to_string().contains("does not list"));
+        assert!(
+            NodeConfig::load(None, &env(&[]), &flags)
+                .unwrap_err()
+                .to_string()
+                .contains("does not list")
+        );
         let flags = vec![("initial_cluster".to_string(), "x=a".to_string())];
         assert!(NodeConfig::load(None, &env(&[]), &flags).is_err());
     }

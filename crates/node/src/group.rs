@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use quorumkv_core::{ConfChange, ConfChangeStep, ConfState, EntryKind, GroupId, LogIndex, NodeId, Snapshot, Term};
+use quorumkv_core::{
+    ConfChange, ConfChangeStep, ConfState, EntryKind, GroupId, LogIndex, NodeId, Snapshot, Term,
+};
 use quorumkv_kv::command::{Command, Request, encode_command};
 use quorumkv_kv::watch::{WatchConfig, WatchHub};
 use quorumkv_kv::{ApplyError, ApplyOutcome, LeaseClock, StateMachine};
@@ -183,7 +185,10 @@ pub struct GroupHandle {
 }
 
 impl GroupHandle {
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, GroupError>>) -> Input) -> Result<T, GroupError> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, GroupError>>) -> Input,
+    ) -> Result<T, GroupError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| GroupError::Stopped("group loop gone".into()))?;
         rx.await.map_err(|_| GroupError::Unknown)?
@@ -318,7 +323,15 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
     let mut lease_clock = LeaseClock::new(Default::default());
     let members = load_members(&*shared.store, &p.initial_members);
     for m in members.values() {
-        p.transport.learn(m.id, PeerInfo { name: m.name.clone(), peer_addr: m.peer_addr.clone(), client_addr: m.client_addr.clone(), http_addr: String::new() });
+        p.transport.learn(
+            m.id,
+            PeerInfo {
+                name: m.name.clone(),
+                peer_addr: m.peer_addr.clone(),
+                client_addr: m.client_addr.clone(),
+                http_addr: String::new(),
+            },
+        );
     }
     let mut g = Group {
         group: p.group,
@@ -376,7 +389,11 @@ impl Group {
         ms.max(0) as u64
     }
 
-    async fn run(&mut self, mut rx: mpsc::Receiver<Input>, mut persist_rx: mpsc::UnboundedReceiver<Persisted>) {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Input>,
+        mut persist_rx: mpsc::UnboundedReceiver<Persisted>,
+    ) {
         let mut next_tick = tokio::time::Instant::now() + self.tick;
         loop {
             if self.failed.is_some() {
@@ -501,10 +518,12 @@ impl Group {
                 }
                 let now = self.now_ms();
                 let r = self.lease_clock.keep_alive(id, now).map_err(|e| match e {
-                    quorumkv_kv::KeepAliveError::NotLeader => GroupError::NotLeader { leader: self.raft.leader() },
-                    quorumkv_kv::KeepAliveError::NotFound => {
-                        GroupError::Apply(ApplyError::Rejected(quorumkv_kv::EtcdError::LeaseNotFound))
+                    quorumkv_kv::KeepAliveError::NotLeader => {
+                        GroupError::NotLeader { leader: self.raft.leader() }
                     }
+                    quorumkv_kv::KeepAliveError::NotFound => GroupError::Apply(
+                        ApplyError::Rejected(quorumkv_kv::EtcdError::LeaseNotFound),
+                    ),
                 });
                 let _ = reply.send(r);
             }
@@ -522,7 +541,11 @@ impl Group {
         let now = self.now_ms();
         let expired = self.lease_clock.expired(now, 64);
         if !expired.is_empty() {
-            let cmd = quorumkv_kv::command::command(0, 0, Request::LeaseExpire(quorumkv_etcd_proto::internal::LeaseExpire { ids: expired }));
+            let cmd = quorumkv_kv::command::command(
+                0,
+                0,
+                Request::LeaseExpire(quorumkv_etcd_proto::internal::LeaseExpire { ids: expired }),
+            );
             // Refused only if not leader any more or overloaded: the next tick retries.
             let _ = self.raft.propose(Bytes::from(encode_command(&cmd)));
         }
@@ -593,7 +616,8 @@ impl Group {
             let started = Instant::now();
             let submitted = self.wal.submit(ops, move |r| {
                 metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
-                let _ = tx.send(Persisted { marker, result: r.map(|_| ()).map_err(|e| e.to_string()) });
+                let _ =
+                    tx.send(Persisted { marker, result: r.map(|_| ()).map_err(|e| e.to_string()) });
             });
             if let Err(e) = submitted {
                 self.fail(format!("write-ahead log: {e}"));
@@ -664,7 +688,9 @@ impl Group {
                         let answer = if term != e.term {
                             Err(GroupError::Unknown)
                         } else {
-                            result.map(|outcome| Applied { outcome, term }).map_err(GroupError::Apply)
+                            result
+                                .map(|outcome| Applied { outcome, term })
+                                .map_err(GroupError::Apply)
                         };
                         let _ = reply.send(answer);
                     }
@@ -675,7 +701,11 @@ impl Group {
                         return;
                     }
                     if let Some((term, reply)) = self.conf_waiters.remove(&e.index) {
-                        let answer = if term == e.term { Ok(self.raft.conf_state().clone()) } else { Err(GroupError::Unknown) };
+                        let answer = if term == e.term {
+                            Ok(self.raft.conf_state().clone())
+                        } else {
+                            Err(GroupError::Unknown)
+                        };
                         let _ = reply.send(answer);
                     }
                 }
@@ -707,7 +737,9 @@ impl Group {
                     if let Some(m) = added.iter().find(|m| m.id == id) {
                         self.members.insert(id, m.clone());
                     } else {
-                        self.members.entry(id).or_insert_with(|| Member { id, ..Default::default() });
+                        self.members
+                            .entry(id)
+                            .or_insert_with(|| Member { id, ..Default::default() });
                     }
                 }
                 ConfChangeStep::RemoveNode(id) => {
@@ -740,7 +772,9 @@ impl Group {
                 .get(&id)
                 .map(|m| m.peer_addr.clone())
                 .filter(|a| !a.is_empty())
-                .or_else(|| directory.get(&id).map(|p| p.peer_addr.clone()).filter(|a| !a.is_empty()));
+                .or_else(|| {
+                    directory.get(&id).map(|p| p.peer_addr.clone()).filter(|a| !a.is_empty())
+                });
             match addr {
                 Some(addr) => self.transport.set_peer(id, &addr),
                 None => warn!(peer = id, "no address known for member yet"),
@@ -758,7 +792,8 @@ impl Group {
             return;
         }
         let applied = self.sm.applied_index().max(self.raft.applied_index());
-        let (now, later): (Vec<_>, Vec<_>) = self.ready_reads.drain(..).partition(|(i, _)| *i <= applied);
+        let (now, later): (Vec<_>, Vec<_>) =
+            self.ready_reads.drain(..).partition(|(i, _)| *i <= applied);
         self.ready_reads = later;
         for (_, reply) in now {
             let _ = reply.send(Ok(()));
@@ -766,7 +801,12 @@ impl Group {
     }
 
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), String> {
-        info!(group = self.group, index = snap.meta.index, bytes = snap.data.len(), "installing snapshot from the leader");
+        info!(
+            group = self.group,
+            index = snap.meta.index,
+            bytes = snap.data.len(),
+            "installing snapshot from the leader"
+        );
         self.save_snapshot_file(snap)?;
         let mut decoder = SnapshotDecoder::new(&snap.data[..]).map_err(|e| e.to_string())?;
         self.sm.install_snapshot(&mut decoder).map_err(|e| e.to_string())?;
@@ -775,7 +815,8 @@ impl Group {
         self.members = load_members(&*self.shared.store, &[]);
         self.connect_members();
         // Waiting proposals inside the snapshot cannot be matched to their entries any more.
-        let covered: Vec<LogIndex> = self.proposals.range(..=snap.meta.index).map(|(i, _)| *i).collect();
+        let covered: Vec<LogIndex> =
+            self.proposals.range(..=snap.meta.index).map(|(i, _)| *i).collect();
         for i in covered {
             if let Some((_, r)) = self.proposals.remove(&i) {
                 let _ = r.send(Err(GroupError::Unknown));
@@ -785,7 +826,8 @@ impl Group {
     }
 
     fn save_snapshot_file(&self, snap: &Snapshot) -> Result<(), String> {
-        let mut file = self.snapshots.create(snap.meta.index, snap.meta.term).map_err(|e| e.to_string())?;
+        let mut file =
+            self.snapshots.create(snap.meta.index, snap.meta.term).map_err(|e| e.to_string())?;
         file.write_chunk(0, &snap.data).map_err(|e| e.to_string())?;
         file.finish().map_err(|e| e.to_string())?;
         let _ = self.snapshots.gc();
@@ -794,11 +836,19 @@ impl Group {
 
     fn maybe_snapshot(&mut self) {
         let applied = self.raft.applied_index();
-        if applied < self.raft.snapshot_index() + self.snapshot_entries || self.sm.applied_index() < applied {
+        if applied < self.raft.snapshot_index() + self.snapshot_entries
+            || self.sm.applied_index() < applied
+        {
             return;
         }
         let Some(meta) = self.raft.snapshot_meta_at(self.sm.applied_index()) else { return };
-        let data = match self.shared.store.image().map_err(|e| e.to_string()).and_then(|img| encode_to_vec(img, meta.clone()).map_err(|e| e.to_string())) {
+        let data = match self
+            .shared
+            .store
+            .image()
+            .map_err(|e| e.to_string())
+            .and_then(|img| encode_to_vec(img, meta.clone()).map_err(|e| e.to_string()))
+        {
             Ok(d) => Bytes::from(d),
             Err(e) => {
                 warn!(group = self.group, error = %e, "snapshot failed; will retry later");
@@ -813,9 +863,13 @@ impl Group {
         if self.raft.compact(meta.index, data).is_ok() {
             let tx = self.persist_tx.clone();
             self.after_persist.push_back(Vec::new());
-            let submitted = self.wal.submit(vec![WalOp::Compact { group: self.group, meta }], move |r| {
-                let _ = tx.send(Persisted { marker: None, result: r.map(|_| ()).map_err(|e| e.to_string()) });
-            });
+            let submitted =
+                self.wal.submit(vec![WalOp::Compact { group: self.group, meta }], move |r| {
+                    let _ = tx.send(Persisted {
+                        marker: None,
+                        result: r.map(|_| ()).map_err(|e| e.to_string()),
+                    });
+                });
             if let Err(e) = submitted {
                 self.fail(format!("write-ahead log: {e}"));
             }
@@ -833,7 +887,10 @@ impl Group {
         s.leader = st.leader;
         s.term = st.term;
         s.commit = st.commit;
-        s.applied = self.sm.applied_index().max(st.applied.min(self.sm.applied_index().max(st.snapshot_index)));
+        s.applied = self
+            .sm
+            .applied_index()
+            .max(st.applied.min(self.sm.applied_index().max(st.snapshot_index)));
         s.last_index = st.last_index;
         s.voters = st.conf.voters.clone();
         s.learners = st.conf.learners.clone();

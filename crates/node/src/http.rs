@@ -35,7 +35,10 @@ async fn readyz(State(api): State<Api>) -> impl IntoResponse {
     match tokio::time::timeout(Duration::from_secs(2), api.group().read_barrier()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader confirmed within 2 s\n".to_string()),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no leader confirmed within 2 s\n".to_string(),
+        ),
     }
 }
 

@@ -149,33 +149,115 @@ impl Metrics {
             out,
             "# HELP quorumkv_build_info Build information (always 1).\n# TYPE quorumkv_build_info gauge\nquorumkv_build_info{{version=\"{version}\",node_id=\"{node_id}\"}} 1"
         );
-        let _ = writeln!(out, "# HELP quorumkv_requests_total Client requests by operation and result.\n# TYPE quorumkv_requests_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP quorumkv_requests_total Client requests by operation and result.\n# TYPE quorumkv_requests_total counter"
+        );
         for ((op, result), n) in self.requests.lock().iter() {
             let _ = writeln!(out, "quorumkv_requests_total{{op=\"{op}\",result=\"{result}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP quorumkv_request_duration_seconds Client request latency by operation.\n# TYPE quorumkv_request_duration_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# HELP quorumkv_request_duration_seconds Client request latency by operation.\n# TYPE quorumkv_request_duration_seconds histogram"
+        );
         for (op, h) in self.latency.lock().iter() {
             h.render(&mut out, "quorumkv_request_duration_seconds", &format!("op=\"{op}\""));
         }
         gauge(&mut out, "quorumkv_raft_term", "Current Raft term.", self.raft_term.load(Relaxed));
-        gauge(&mut out, "quorumkv_raft_commit_index", "Raft commit index.", self.raft_commit_index.load(Relaxed));
-        gauge(&mut out, "quorumkv_raft_applied_index", "Index applied to the state machine.", self.raft_applied_index.load(Relaxed));
-        gauge(&mut out, "quorumkv_raft_is_leader", "1 if this node is the leader.", self.raft_is_leader.load(Relaxed));
-        counter(&mut out, "quorumkv_raft_proposals_total", "Proposals made by this node.", self.proposals.load(Relaxed));
-        counter(&mut out, "quorumkv_raft_proposals_failed_total", "Proposals refused or lost.", self.proposals_failed.load(Relaxed));
-        counter(&mut out, "quorumkv_raft_elections_won_total", "Times this node became leader.", self.elections_won.load(Relaxed));
-        counter(&mut out, "quorumkv_raft_leader_changes_total", "Leader changes seen.", self.leader_changes.load(Relaxed));
-        let _ = writeln!(out, "# HELP quorumkv_wal_fsync_duration_seconds Duration of WAL fsyncs.\n# TYPE quorumkv_wal_fsync_duration_seconds histogram");
+        gauge(
+            &mut out,
+            "quorumkv_raft_commit_index",
+            "Raft commit index.",
+            self.raft_commit_index.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "quorumkv_raft_applied_index",
+            "Index applied to the state machine.",
+            self.raft_applied_index.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "quorumkv_raft_is_leader",
+            "1 if this node is the leader.",
+            self.raft_is_leader.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_raft_proposals_total",
+            "Proposals made by this node.",
+            self.proposals.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_raft_proposals_failed_total",
+            "Proposals refused or lost.",
+            self.proposals_failed.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_raft_elections_won_total",
+            "Times this node became leader.",
+            self.elections_won.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_raft_leader_changes_total",
+            "Leader changes seen.",
+            self.leader_changes.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP quorumkv_wal_fsync_duration_seconds Duration of WAL fsyncs.\n# TYPE quorumkv_wal_fsync_duration_seconds histogram"
+        );
         self.wal_fsync.render(&mut out, "quorumkv_wal_fsync_duration_seconds", "");
-        let _ = writeln!(out, "# HELP quorumkv_wal_batch_entries Entries made durable per WAL fsync.\n# TYPE quorumkv_wal_batch_entries histogram");
+        let _ = writeln!(
+            out,
+            "# HELP quorumkv_wal_batch_entries Entries made durable per WAL fsync.\n# TYPE quorumkv_wal_batch_entries histogram"
+        );
         self.wal_batch_entries.render(&mut out, "quorumkv_wal_batch_entries", "");
-        counter(&mut out, "quorumkv_peer_received_bytes_total", "Bytes received from peers.", self.peer_bytes_in.load(Relaxed));
-        counter(&mut out, "quorumkv_peer_sent_bytes_total", "Bytes sent to peers.", self.peer_bytes_out.load(Relaxed));
-        counter(&mut out, "quorumkv_peer_dropped_messages_total", "Raft messages dropped (queue full or peer unknown).", self.peer_messages_dropped.load(Relaxed));
-        counter(&mut out, "quorumkv_peer_refused_handshakes_total", "Peer connections refused at the handshake.", self.peer_handshakes_refused.load(Relaxed));
-        counter(&mut out, "quorumkv_malformed_frames_total", "Peer frames that failed to decode; each closed its connection.", self.malformed_frames.load(Relaxed));
-        counter(&mut out, "quorumkv_malformed_requests_total", "Client requests refused for a limit or malformed input.", self.malformed_requests.load(Relaxed));
-        gauge(&mut out, "quorumkv_client_connections", "Open client connections.", self.client_connections.load(Relaxed));
+        counter(
+            &mut out,
+            "quorumkv_peer_received_bytes_total",
+            "Bytes received from peers.",
+            self.peer_bytes_in.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_peer_sent_bytes_total",
+            "Bytes sent to peers.",
+            self.peer_bytes_out.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_peer_dropped_messages_total",
+            "Raft messages dropped (queue full or peer unknown).",
+            self.peer_messages_dropped.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_peer_refused_handshakes_total",
+            "Peer connections refused at the handshake.",
+            self.peer_handshakes_refused.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_malformed_frames_total",
+            "Peer frames that failed to decode; each closed its connection.",
+            self.malformed_frames.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_malformed_requests_total",
+            "Client requests refused for a limit or malformed input.",
+            self.malformed_requests.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "quorumkv_client_connections",
+            "Open client connections.",
+            self.client_connections.load(Relaxed),
+        );
         out
     }
 }
@@ -193,7 +275,9 @@ mod tests {
         m.raft_term.store(7, Relaxed);
         let text = m.render(3, "0.1.0");
         assert!(text.contains("quorumkv_requests_total{op=\"put\",result=\"ok\"} 2"));
-        assert!(text.contains("quorumkv_request_duration_seconds_bucket{op=\"put\",le=\"0.0025\"} 1"));
+        assert!(
+            text.contains("quorumkv_request_duration_seconds_bucket{op=\"put\",le=\"0.0025\"} 1")
+        );
         assert!(text.contains("quorumkv_request_duration_seconds_count{op=\"put\"} 2"));
         assert!(text.contains("quorumkv_raft_term 7"));
         assert!(text.contains("quorumkv_wal_fsync_duration_seconds_bucket{le=\"0.0005\"} 1"));

@@ -41,7 +41,9 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// Another process holds the data directory.
-    #[error("data directory {0} is in use by another quorumkv process (lock file {0}/LOCK); stop it or choose another data_dir")]
+    #[error(
+        "data directory {0} is in use by another quorumkv process (lock file {0}/LOCK); stop it or choose another data_dir"
+    )]
     Locked(PathBuf),
     /// A port could not be bound.
     #[error("cannot listen on {what} address {addr}: {source}; choose a free port with --{flag}")]
@@ -105,7 +107,8 @@ impl RunningNode {
 }
 
 fn lock_dir(dir: &Path) -> Result<File, StartError> {
-    std::fs::create_dir_all(dir).map_err(|e| StartError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError::Storage(format!("cannot create {}: {e}", dir.display())))?;
     let f = File::options()
         .create(true)
         .truncate(false)
@@ -118,8 +121,17 @@ fn lock_dir(dir: &Path) -> Result<File, StartError> {
     }
 }
 
-async fn bind(addr: &str, what: &'static str, flag: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr: addr.into(), flag, source })
+async fn bind(
+    addr: &str,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        what,
+        addr: addr.into(),
+        flag,
+        source,
+    })
 }
 
 /// Recovers storage and Raft state for the default group.
@@ -128,19 +140,27 @@ fn recover(
     disk: Arc<dyn Disk>,
 ) -> Result<(RestoreState, StateMachine<RedbStore>, WalWriter, SnapshotFileStore), StartError> {
     let st = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
-    let (mut wal, recovered) = Wal::open(disk.clone(), &cfg.wal_path(), WalOptions::default()).map_err(|e| st(&e))?;
+    let (mut wal, recovered) =
+        Wal::open(disk.clone(), &cfg.wal_path(), WalOptions::default()).map_err(|e| st(&e))?;
     if let Some(torn) = &recovered.torn_tail {
         warn!(path = %torn.path.display(), offset = torn.offset, bytes = torn.bytes_dropped, "cut a torn write off the end of the WAL (it was never acknowledged)");
     }
     let store = RedbStore::open(
         disk.clone(),
         &cfg.data_dir.join("store.redb"),
-        RedbOptions { durability: CommitDurability::Deferred { sync_every_commits: 1024 }, ..Default::default() },
+        RedbOptions {
+            durability: CommitDurability::Deferred { sync_every_commits: 1024 },
+            ..Default::default()
+        },
     )
     .map_err(|e| st(&e))?;
-    let mut sm = StateMachine::open(Arc::new(store), quorumkv_kv::Config { max_txn_ops: cfg.max_txn_ops, ..Default::default() })
-        .map_err(|e| st(&e))?;
-    let snapshots = SnapshotFileStore::open(disk.clone(), &cfg.data_dir.join("snap"), 2).map_err(|e| st(&e))?;
+    let mut sm = StateMachine::open(
+        Arc::new(store),
+        quorumkv_kv::Config { max_txn_ops: cfg.max_txn_ops, ..Default::default() },
+    )
+    .map_err(|e| st(&e))?;
+    let snapshots =
+        SnapshotFileStore::open(disk.clone(), &cfg.data_dir.join("snap"), 2).map_err(|e| st(&e))?;
     let restore = match recovered.groups.get(&DEFAULT_GROUP) {
         Some(g) => {
             let snapshot = match &g.snapshot {
@@ -164,8 +184,18 @@ fn recover(
                     cfg.wal_path().display()
                 )));
             }
-            info!(entries = g.entries.len(), snapshot = snap_index, applied, "recovered the write-ahead log");
-            RestoreState { hard_state: g.hard_state.unwrap_or_default(), snapshot, entries: g.entries.clone(), applied }
+            info!(
+                entries = g.entries.len(),
+                snapshot = snap_index,
+                applied,
+                "recovered the write-ahead log"
+            );
+            RestoreState {
+                hard_state: g.hard_state.unwrap_or_default(),
+                snapshot,
+                entries: g.entries.clone(),
+                applied,
+            }
         }
         None if cfg.join => {
             info!("empty data directory: waiting to be added to a cluster");
@@ -186,7 +216,11 @@ fn recover(
     Ok((restore, sm, writer, snapshots))
 }
 
-fn load_snapshot(snapshots: &SnapshotFileStore, disk: &dyn Disk, meta: &SnapshotMeta) -> Result<Snapshot, StartError> {
+fn load_snapshot(
+    snapshots: &SnapshotFileStore,
+    disk: &dyn Disk,
+    meta: &SnapshotMeta,
+) -> Result<Snapshot, StartError> {
     let files = snapshots.list().map_err(|e| StartError::Storage(e.to_string()))?;
     let info = files
         .iter()
@@ -201,7 +235,9 @@ fn load_snapshot(snapshots: &SnapshotFileStore, disk: &dyn Disk, meta: &Snapshot
             ))
         })?;
     snapshots.verify(info).map_err(|e| StartError::Storage(e.to_string()))?;
-    let data = disk.read_all(&info.path).map_err(|e| StartError::Storage(format!("{}: {e}", info.path.display())))?;
+    let data = disk
+        .read_all(&info.path)
+        .map_err(|e| StartError::Storage(format!("{}: {e}", info.path.display())))?;
     Ok(Snapshot { meta: meta.clone(), data: Bytes::from(data) })
 }
 
@@ -215,7 +251,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let client_listener = bind(&cfg.client_addr, "client", "client-addr").await?;
     let http_listener = bind(&cfg.http_addr, "HTTP", "http-addr").await?;
     let peer_addr = peer_listener.local_addr().map_err(|e| StartError::Storage(e.to_string()))?;
-    let client_addr = client_listener.local_addr().map_err(|e| StartError::Storage(e.to_string()))?;
+    let client_addr =
+        client_listener.local_addr().map_err(|e| StartError::Storage(e.to_string()))?;
     let http_addr = http_listener.local_addr().map_err(|e| StartError::Storage(e.to_string()))?;
 
     let metrics = Arc::new(Metrics::default());
@@ -279,8 +316,19 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     }));
     let t = transport.clone();
     tasks.push(tokio::spawn(async move { t.serve(peer_listener).await }));
-    let api = crate::etcd::Api::new(cfg.clone(), cluster_id, group.clone(), transport.clone(), metrics.clone());
-    tasks.push(tokio::spawn(crate::etcd::serve(api.clone(), client_listener, cfg.max_request_bytes, cfg.max_connections)));
+    let api = crate::etcd::Api::new(
+        cfg.clone(),
+        cluster_id,
+        group.clone(),
+        transport.clone(),
+        metrics.clone(),
+    );
+    tasks.push(tokio::spawn(crate::etcd::serve(
+        api.clone(),
+        client_listener,
+        cfg.max_request_bytes,
+        cfg.max_connections,
+    )));
     tasks.push(tokio::spawn(crate::http::serve(http_listener, api)));
     info!(
         id = cfg.id,

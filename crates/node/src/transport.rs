@@ -193,7 +193,10 @@ enum ConnError {
     Timeout,
 }
 
-async fn read_frame(stream: &mut TcpStream, metrics: &Metrics) -> Result<(FrameKind, Bytes), ConnError> {
+async fn read_frame(
+    stream: &mut TcpStream,
+    metrics: &Metrics,
+) -> Result<(FrameKind, Bytes), ConnError> {
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header).await?;
     let h = match codec::parse_header(&header) {
@@ -213,7 +216,11 @@ async fn read_frame(stream: &mut TcpStream, metrics: &Metrics) -> Result<(FrameK
     Ok((h.kind, payload.freeze()))
 }
 
-async fn write_frame(stream: &mut TcpStream, kind: FrameKind, payload: &[u8]) -> std::io::Result<usize> {
+async fn write_frame(
+    stream: &mut TcpStream,
+    kind: FrameKind,
+    payload: &[u8],
+) -> std::io::Result<usize> {
     let mut out = BytesMut::new();
     codec::encode_frame(kind, payload, &mut out);
     stream.write_all(&out).await?;
@@ -245,9 +252,10 @@ fn check_hello(me: &Hello, them: &Hello) -> Result<(), String> {
 
 async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
-    let (kind, payload) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &inner.metrics))
-        .await
-        .map_err(|_| ConnError::Timeout)??;
+    let (kind, payload) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &inner.metrics))
+            .await
+            .map_err(|_| ConnError::Timeout)??;
     if kind != FrameKind::Hello {
         inner.metrics.malformed_frames.fetch_add(1, Relaxed);
         return Err(ConnError::Refused("first frame was not a handshake".into()));
@@ -268,7 +276,12 @@ async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), ConnErro
     let from = hello.node_id;
     inner.directory.write().insert(
         from,
-        PeerInfo { name: hello.name, peer_addr: hello.peer_addr, client_addr: hello.client_addr, http_addr: hello.http_addr },
+        PeerInfo {
+            name: hello.name,
+            peer_addr: hello.peer_addr,
+            client_addr: hello.client_addr,
+            http_addr: hello.http_addr,
+        },
     );
     let mut ack = inner.hello.clone();
     ack.expect_id = from;
@@ -278,7 +291,9 @@ async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), ConnErro
         let (kind, payload) = read_frame(&mut stream, &inner.metrics).await?;
         if kind != FrameKind::Messages {
             inner.metrics.malformed_frames.fetch_add(1, Relaxed);
-            return Err(ConnError::Refused(format!("unexpected {kind:?} frame after the handshake")));
+            return Err(ConnError::Refused(format!(
+                "unexpected {kind:?} frame after the handshake"
+            )));
         }
         let msgs = match codec::decode_batch(payload) {
             Ok(m) => m,
@@ -291,7 +306,10 @@ async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), ConnErro
             // A peer speaks only for itself.
             if m.from != from || m.to != inner.hello.node_id {
                 inner.metrics.malformed_frames.fetch_add(1, Relaxed);
-                return Err(ConnError::Refused(format!("message from {} to {} on node {from}'s connection", m.from, m.to)));
+                return Err(ConnError::Refused(format!(
+                    "message from {} to {} on node {from}'s connection",
+                    m.from, m.to
+                )));
             }
             if inner.inbox.send(m).await.is_err() {
                 return Ok(());
@@ -341,28 +359,43 @@ async fn connect(inner: &Inner, id: NodeId, addr: &str) -> Result<TcpStream, Con
     let mut hello = inner.hello.clone();
     hello.expect_id = id;
     write_frame(&mut stream, FrameKind::Hello, &hello.encode()).await?;
-    let (kind, payload) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &inner.metrics))
-        .await
-        .map_err(|_| ConnError::Timeout)??;
+    let (kind, payload) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &inner.metrics))
+            .await
+            .map_err(|_| ConnError::Timeout)??;
     match kind {
         FrameKind::HelloAck => {
             let them = Hello::decode(payload)?;
             check_hello(&inner.hello, &them).map_err(ConnError::Refused)?;
             if them.node_id != id {
-                return Err(ConnError::Refused(format!("{addr} is node {}, expected node {id}", them.node_id)));
+                return Err(ConnError::Refused(format!(
+                    "{addr} is node {}, expected node {id}",
+                    them.node_id
+                )));
             }
             inner.directory.write().insert(
                 id,
-                PeerInfo { name: them.name, peer_addr: them.peer_addr, client_addr: them.client_addr, http_addr: them.http_addr },
+                PeerInfo {
+                    name: them.name,
+                    peer_addr: them.peer_addr,
+                    client_addr: them.client_addr,
+                    http_addr: them.http_addr,
+                },
             );
             Ok(stream)
         }
-        FrameKind::Reject => Err(ConnError::Refused(String::from_utf8_lossy(&payload).into_owned())),
+        FrameKind::Reject => {
+            Err(ConnError::Refused(String::from_utf8_lossy(&payload).into_owned()))
+        }
         other => Err(ConnError::Refused(format!("unexpected {other:?} frame in the handshake"))),
     }
 }
 
-async fn pump(inner: &Inner, stream: &mut TcpStream, rx: &mut mpsc::Receiver<Message>) -> Result<(), ConnError> {
+async fn pump(
+    inner: &Inner,
+    stream: &mut TcpStream,
+    rx: &mut mpsc::Receiver<Message>,
+) -> Result<(), ConnError> {
     let mut batch = Vec::with_capacity(256);
     let mut out = BytesMut::with_capacity(64 << 10);
     loop {
@@ -392,7 +425,12 @@ mod tests {
     use super::*;
 
     fn hello(cluster: u64, id: u64) -> Hello {
-        Hello { cluster_id: cluster, node_id: id, peer_addr: format!("p{id}"), ..Default::default() }
+        Hello {
+            cluster_id: cluster,
+            node_id: id,
+            peer_addr: format!("p{id}"),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -440,7 +478,9 @@ mod tests {
         let got = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 t1.send(m.clone());
-                if let Ok(Some(x)) = tokio::time::timeout(Duration::from_millis(100), rx2.recv()).await {
+                if let Ok(Some(x)) =
+                    tokio::time::timeout(Duration::from_millis(100), rx2.recv()).await
+                {
                     return x;
                 }
             }

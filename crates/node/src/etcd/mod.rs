@@ -62,8 +62,23 @@ pub struct Api {
 
 impl Api {
     /// The API of one node.
-    pub fn new(cfg: NodeConfig, cluster_id: u64, group: GroupHandle, transport: Transport, metrics: Arc<Metrics>) -> Self {
-        Self { inner: Arc::new(Inner { cfg, cluster_id, group, transport, metrics, channels: Mutex::new(HashMap::new()) }) }
+    pub fn new(
+        cfg: NodeConfig,
+        cluster_id: u64,
+        group: GroupHandle,
+        transport: Transport,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                cluster_id,
+                group,
+                transport,
+                metrics,
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// The node's configuration.
@@ -112,7 +127,10 @@ impl Api {
     pub fn check_key(&self, key: &[u8]) -> Result<(), Status> {
         let max = self.inner.cfg.max_key_bytes;
         if key.len() > max {
-            return Err(self.refuse(format!("quorumkv: key of {} bytes exceeds the limit max_key_bytes = {max}", key.len())));
+            return Err(self.refuse(format!(
+                "quorumkv: key of {} bytes exceeds the limit max_key_bytes = {max}",
+                key.len()
+            )));
         }
         Ok(())
     }
@@ -121,7 +139,10 @@ impl Api {
     pub fn check_value(&self, value: &[u8]) -> Result<(), Status> {
         let max = self.inner.cfg.max_value_bytes;
         if value.len() > max {
-            return Err(self.refuse(format!("quorumkv: value of {} bytes exceeds the limit max_value_bytes = {max}", value.len())));
+            return Err(self.refuse(format!(
+                "quorumkv: value of {} bytes exceeds the limit max_value_bytes = {max}",
+                value.len()
+            )));
         }
         Ok(())
     }
@@ -148,17 +169,29 @@ impl Api {
             .find(|m| m.id == leader)
             .map(|m| m.client_addr.clone())
             .filter(|a| !a.is_empty())
-            .or_else(|| self.inner.transport.directory().get(&leader).map(|p| p.client_addr.clone()).filter(|a| !a.is_empty()))
+            .or_else(|| {
+                self.inner
+                    .transport
+                    .directory()
+                    .get(&leader)
+                    .map(|p| p.client_addr.clone())
+                    .filter(|a| !a.is_empty())
+            })
     }
 
     /// Proposes `request` and waits for its answer.
-    pub async fn propose<T: prost::Message>(&self, req: &tonic::Request<T>, request: Request) -> Result<(Response, u64), GroupError> {
+    pub async fn propose<T: prost::Message>(
+        &self,
+        req: &tonic::Request<T>,
+        request: Request,
+    ) -> Result<(Response, u64), GroupError> {
         let session = meta_u64(req, SESSION_HEADER);
         let seq = meta_u64(req, SEQ_HEADER);
         let cmd = command(session, seq, request);
         match tokio::time::timeout(PROPOSE_TIMEOUT, self.inner.group.propose(cmd)).await {
             Ok(Ok(Applied { outcome, term })) => match outcome.result {
-                quorumkv_kv::CommandResult::Applied(r) | quorumkv_kv::CommandResult::Duplicate(r) => Ok((r, term)),
+                quorumkv_kv::CommandResult::Applied(r)
+                | quorumkv_kv::CommandResult::Duplicate(r) => Ok((r, term)),
                 quorumkv_kv::CommandResult::Stale { .. } => Err(GroupError::Unknown),
             },
             Ok(Err(e)) => Err(e),
@@ -213,14 +246,31 @@ pub fn forward_request<T>(from: &tonic::Request<T>, body: T) -> tonic::Request<T
 }
 
 /// Serves the client port until the listener fails.
-pub async fn serve(api: Api, listener: TcpListener, max_request_bytes: usize, max_connections: usize) {
-    use quorumkv_etcd_proto::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer};
-    let incoming = crate::limits::limited_incoming(listener, max_connections, api.metrics().clone());
+pub async fn serve(
+    api: Api,
+    listener: TcpListener,
+    max_request_bytes: usize,
+    max_connections: usize,
+) {
+    use quorumkv_etcd_proto::etcdserverpb::{
+        cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    };
+    let incoming =
+        crate::limits::limited_incoming(listener, max_connections, api.metrics().clone());
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_request_bytes))
-        .add_service(MaintenanceServer::new(ops::MaintenanceService::new(api.clone())).max_decoding_message_size(max_request_bytes))
-        .add_service(ClusterServer::new(ops::ClusterService::new(api.clone())).max_decoding_message_size(max_request_bytes));
+        .add_service(
+            KvServer::new(kv::KvService::new(api.clone()))
+                .max_decoding_message_size(max_request_bytes),
+        )
+        .add_service(
+            MaintenanceServer::new(ops::MaintenanceService::new(api.clone()))
+                .max_decoding_message_size(max_request_bytes),
+        )
+        .add_service(
+            ClusterServer::new(ops::ClusterService::new(api.clone()))
+                .max_decoding_message_size(max_request_bytes),
+        );
     if let Err(e) = router.serve_with_incoming(incoming).await {
         tracing::error!(error = %e, "client port stopped");
     }

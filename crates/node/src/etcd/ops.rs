@@ -6,10 +6,10 @@ use quorumkv_etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use quorumkv_etcd_proto::etcdserverpb::cluster_server::Cluster;
 use quorumkv_etcd_proto::etcdserverpb::maintenance_server::Maintenance;
 use quorumkv_etcd_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, Member, MemberAddRequest, MemberAddResponse,
-    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest,
-    StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, Member, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
 };
 use quorumkv_storage::mvcc::MvccStore;
 use tonic::{Status, async_trait};
@@ -29,7 +29,9 @@ pub const MEMBER_ID_HEADER: &str = "x-quorumkv-member-id";
 /// The id a member added by peer address gets when the caller does not choose one: a stable
 /// hash of the address, so the new node can be configured before or after the call.
 pub fn member_id_for(peer_url: &str) -> u64 {
-    let h = peer_url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = peer_url
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     (h >> 1).max(1)
 }
 
@@ -51,12 +53,21 @@ impl MaintenanceService {
 
 #[async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _req: tonic::Request<AlarmRequest>) -> Result<tonic::Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        _req: tonic::Request<AlarmRequest>,
+    ) -> Result<tonic::Response<AlarmResponse>, Status> {
         // No alarm is ever raised: a full disk stops writes with a clear error instead.
-        Ok(tonic::Response::new(AlarmResponse { header: Some(self.api.header(0)), alarms: Vec::new() }))
+        Ok(tonic::Response::new(AlarmResponse {
+            header: Some(self.api.header(0)),
+            alarms: Vec::new(),
+        }))
     }
 
-    async fn status(&self, _req: tonic::Request<StatusRequest>) -> Result<tonic::Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: tonic::Request<StatusRequest>,
+    ) -> Result<tonic::Response<StatusResponse>, Status> {
         let st = self.api.group().status();
         let stats = self.api.group().shared.store.stats().unwrap_or_default();
         let mut errors = Vec::new();
@@ -79,12 +90,18 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _req: tonic::Request<DefragmentRequest>) -> Result<tonic::Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _req: tonic::Request<DefragmentRequest>,
+    ) -> Result<tonic::Response<DefragmentResponse>, Status> {
         // The store reuses freed pages itself; there is nothing to rewrite and nothing blocks.
         Ok(tonic::Response::new(DefragmentResponse { header: Some(self.api.header(0)) }))
     }
 
-    async fn move_leader(&self, req: tonic::Request<MoveLeaderRequest>) -> Result<tonic::Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        req: tonic::Request<MoveLeaderRequest>,
+    ) -> Result<tonic::Response<MoveLeaderResponse>, Status> {
         let target = req.get_ref().target_id;
         self.api.group().transfer(target).await.map_err(status_of)?;
         // Wait (bounded) for the transfer to take effect, as etcd does.
@@ -150,27 +167,53 @@ impl ClusterService {
 
 #[async_trait]
 impl Cluster for ClusterService {
-    async fn member_list(&self, req: tonic::Request<MemberListRequest>) -> Result<tonic::Response<MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        req: tonic::Request<MemberListRequest>,
+    ) -> Result<tonic::Response<MemberListResponse>, Status> {
         if req.get_ref().linearizable {
             self.api.read_barrier().await.map_err(status_of)?;
         }
-        Ok(tonic::Response::new(MemberListResponse { header: Some(self.api.header(0)), members: self.members() }))
+        Ok(tonic::Response::new(MemberListResponse {
+            header: Some(self.api.header(0)),
+            members: self.members(),
+        }))
     }
 
-    async fn member_add(&self, req: tonic::Request<MemberAddRequest>) -> Result<tonic::Response<MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        req: tonic::Request<MemberAddRequest>,
+    ) -> Result<tonic::Response<MemberAddResponse>, Status> {
         let r = req.get_ref().clone();
         let Some(url) = r.peer_ur_ls.first() else {
             return Err(self.api.refuse("etcdserver: member peer URL is not provided".into()));
         };
         let peer_addr = strip_scheme(url).to_string();
-        let chosen = req.metadata().get(MEMBER_ID_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
+        let chosen = req
+            .metadata()
+            .get(MEMBER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<u64>().ok());
         let id = chosen.filter(|&i| i != 0).unwrap_or_else(|| member_id_for(&peer_addr));
-        if self.members().iter().any(|m| m.id == id || m.peer_ur_ls.iter().any(|u| strip_scheme(u) == peer_addr)) {
+        if self
+            .members()
+            .iter()
+            .any(|m| m.id == id || m.peer_ur_ls.iter().any(|u| strip_scheme(u) == peer_addr))
+        {
             return Err(Status::failed_precondition("etcdserver: Peer URLs already exists"));
         }
-        let context = serde_json::to_vec(&vec![group::Member { id, name: String::new(), peer_addr: peer_addr.clone(), client_addr: String::new() }])
-            .unwrap_or_default();
-        let step = if r.is_learner { ConfChangeStep::AddLearner(id) } else { ConfChangeStep::AddVoter(id) };
+        let context = serde_json::to_vec(&vec![group::Member {
+            id,
+            name: String::new(),
+            peer_addr: peer_addr.clone(),
+            client_addr: String::new(),
+        }])
+        .unwrap_or_default();
+        let step = if r.is_learner {
+            ConfChangeStep::AddLearner(id)
+        } else {
+            ConfChangeStep::AddVoter(id)
+        };
         match self.change(ConfChange { steps: vec![step], context: context.into() }).await {
             Ok(()) => {}
             Err(e) if !was_forwarded(&req) => match self.leader_client(&e) {
@@ -179,27 +222,54 @@ impl Cluster for ClusterService {
             },
             Err(e) => return Err(status_of(e)),
         }
-        let member = Member { id, name: String::new(), peer_ur_ls: vec![format!("http://{peer_addr}")], client_ur_ls: Vec::new(), is_learner: r.is_learner };
-        Ok(tonic::Response::new(MemberAddResponse { header: Some(self.api.header(0)), member: Some(member), members: self.members() }))
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: vec![format!("http://{peer_addr}")],
+            client_ur_ls: Vec::new(),
+            is_learner: r.is_learner,
+        };
+        Ok(tonic::Response::new(MemberAddResponse {
+            header: Some(self.api.header(0)),
+            member: Some(member),
+            members: self.members(),
+        }))
     }
 
-    async fn member_remove(&self, req: tonic::Request<MemberRemoveRequest>) -> Result<tonic::Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        req: tonic::Request<MemberRemoveRequest>,
+    ) -> Result<tonic::Response<MemberRemoveResponse>, Status> {
         let id = req.get_ref().id;
         if !self.members().iter().any(|m| m.id == id) {
             return Err(Status::not_found("etcdserver: member not found"));
         }
-        match self.change(ConfChange { steps: vec![ConfChangeStep::RemoveNode(id)], context: Default::default() }).await {
+        match self
+            .change(ConfChange {
+                steps: vec![ConfChangeStep::RemoveNode(id)],
+                context: Default::default(),
+            })
+            .await
+        {
             Ok(()) => {}
             Err(e) if !was_forwarded(&req) => match self.leader_client(&e) {
-                Some(mut c) => return c.member_remove(forward_request(&req, req.get_ref().clone())).await,
+                Some(mut c) => {
+                    return c.member_remove(forward_request(&req, req.get_ref().clone())).await;
+                }
                 None => return Err(status_of(e)),
             },
             Err(e) => return Err(status_of(e)),
         }
-        Ok(tonic::Response::new(MemberRemoveResponse { header: Some(self.api.header(0)), members: self.members() }))
+        Ok(tonic::Response::new(MemberRemoveResponse {
+            header: Some(self.api.header(0)),
+            members: self.members(),
+        }))
     }
 
-    async fn member_update(&self, req: tonic::Request<MemberUpdateRequest>) -> Result<tonic::Response<MemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        req: tonic::Request<MemberUpdateRequest>,
+    ) -> Result<tonic::Response<MemberUpdateResponse>, Status> {
         let r = req.get_ref().clone();
         let Some(current) = self.members().into_iter().find(|m| m.id == r.id) else {
             return Err(Status::not_found("etcdserver: member not found"));
@@ -207,10 +277,19 @@ impl Cluster for ClusterService {
         let Some(url) = r.peer_ur_ls.first() else {
             return Err(self.api.refuse("etcdserver: member peer URL is not provided".into()));
         };
-        let info = group::Member { id: r.id, name: current.name.clone(), peer_addr: strip_scheme(url).to_string(), client_addr: String::new() };
+        let info = group::Member {
+            id: r.id,
+            name: current.name.clone(),
+            peer_addr: strip_scheme(url).to_string(),
+            client_addr: String::new(),
+        };
         // Re-adding a member in its current role changes no quorum; the context carries the
         // new address to every replica.
-        let step = if current.is_learner { ConfChangeStep::AddLearner(r.id) } else { ConfChangeStep::AddVoter(r.id) };
+        let step = if current.is_learner {
+            ConfChangeStep::AddLearner(r.id)
+        } else {
+            ConfChangeStep::AddVoter(r.id)
+        };
         let context = serde_json::to_vec(&vec![info]).unwrap_or_default();
         match self.change(ConfChange { steps: vec![step], context: context.into() }).await {
             Ok(()) => {}
@@ -220,14 +299,22 @@ impl Cluster for ClusterService {
             },
             Err(e) => return Err(status_of(e)),
         }
-        Ok(tonic::Response::new(MemberUpdateResponse { header: Some(self.api.header(0)), members: self.members() }))
+        Ok(tonic::Response::new(MemberUpdateResponse {
+            header: Some(self.api.header(0)),
+            members: self.members(),
+        }))
     }
 
-    async fn member_promote(&self, req: tonic::Request<MemberPromoteRequest>) -> Result<tonic::Response<MemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        req: tonic::Request<MemberPromoteRequest>,
+    ) -> Result<tonic::Response<MemberPromoteResponse>, Status> {
         let id = req.get_ref().id;
         let st = self.api.group().status();
         if !st.learners.contains(&id) {
-            return Err(Status::failed_precondition("etcdserver: can only promote a learner member"));
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member",
+            ));
         }
         if st.role == "leader" {
             // etcd's rule: a learner is promoted only once it has caught up with the leader.
@@ -238,14 +325,25 @@ impl Cluster for ClusterService {
                 ));
             }
         }
-        match self.change(ConfChange { steps: vec![ConfChangeStep::AddVoter(id)], context: Default::default() }).await {
+        match self
+            .change(ConfChange {
+                steps: vec![ConfChangeStep::AddVoter(id)],
+                context: Default::default(),
+            })
+            .await
+        {
             Ok(()) => {}
             Err(e) if !was_forwarded(&req) => match self.leader_client(&e) {
-                Some(mut c) => return c.member_promote(forward_request(&req, req.get_ref().clone())).await,
+                Some(mut c) => {
+                    return c.member_promote(forward_request(&req, req.get_ref().clone())).await;
+                }
                 None => return Err(status_of(e)),
             },
             Err(e) => return Err(status_of(e)),
         }
-        Ok(tonic::Response::new(MemberPromoteResponse { header: Some(self.api.header(0)), members: self.members() }))
+        Ok(tonic::Response::new(MemberPromoteResponse {
+            header: Some(self.api.header(0)),
+            members: self.members(),
+        }))
     }
 }

@@ -128,6 +128,20 @@ impl Transport {
     /// Queues a message for its destination; drops it (counted) if the queue is full or the
     /// peer unknown.
     pub fn send(&self, m: Message) {
+        if !self.inner.peers.read().contains_key(&m.to) {
+            // A peer we were never told to dial but that introduced itself (a leader
+            // replicating to a node that joined with an empty log): answer it.
+            let known = self
+                .inner
+                .directory
+                .read()
+                .get(&m.to)
+                .map(|p| p.peer_addr.clone())
+                .filter(|a| !a.is_empty());
+            if let Some(addr) = known {
+                self.set_peer(m.to, &addr);
+            }
+        }
         let peers = self.inner.peers.read();
         let Some(p) = peers.get(&m.to) else {
             self.inner.metrics.peer_messages_dropped.fetch_add(1, Relaxed);

@@ -434,6 +434,17 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_parses_and_names_every_key() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/quorumkv.toml");
+        let c = NodeConfig::load(Some(&path), &env(&[]), &[]).unwrap();
+        assert_eq!(c, NodeConfig::default(), "the sample shows the defaults");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (key, _) in NodeConfig::keys() {
+            assert!(text.contains(&format!("{key} =")), "config/quorumkv.toml does not document `{key}`");
+        }
+    }
+
+    #[test]
     fn unsafe_settings_need_the_test_switch_and_dump_round_trips() {
         let flags = vec![("unsafe_stale_reads".to_string(), "true".to_string())];
         assert!(NodeConfig::load(None, &env(&[]), &flags).is_err());

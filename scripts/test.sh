@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests of every crate (the simulation sweep of
+# 200 seeds among them), then one sweep per planted bug, which must FAIL to count as a pass:
+# that shows the simulator and the checkers can catch a broken build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== workspace tests (the simulation sweep of 200 seeds among them)"
+cargo test --workspace
+
+for bug in bug-double-vote bug-stale-read bug-commit-old-term; do
+  echo "== planted bug: $bug (the sweep must report violations)"
+  cargo test -p quorumkv-sim --features "$bug" --test planted_bugs
+done
+echo "== all tests passed"

@@ -16,6 +16,8 @@
 //!   implement only what it supports (the Auth service, for one) and etcdctl still gets a
 //!   proper gRPC status for the rest.
 
+#![warn(missing_docs)]
+
 /// etcd's MVCC types: `KeyValue`, `Event`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod mvccpb {

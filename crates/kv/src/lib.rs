@@ -30,6 +30,8 @@
 //! 6. After installing a snapshot (`sm.install_snapshot`): `hub.reset(sm.revision())` and
 //!    `clock.sync_with(sm.leases(), now)`.
 
+#![warn(missing_docs)]
+
 pub mod command;
 pub mod error;
 mod exec;

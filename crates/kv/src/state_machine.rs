@@ -12,6 +12,19 @@
 //!   call fails until the node restarts and reopens it.
 //! - The answers' header revision is the store revision after the command; the API layer
 //!   fills in cluster id, member id and Raft term.
+//!
+//! Stored format (metadata entries of the MVCC store, values are protobuf messages of
+//! `quorumkv.internal`; part of the on-disk and snapshot format, so add fields, never
+//! renumber):
+//!
+//! | meta name | value |
+//! |---|---|
+//! | `kv/lease/` + 1 byte `b` | `LeaseBucket`: every lease whose id mod 256 is `b` (id, TTL) |
+//! | `kv/session/` + 1 byte `b` | `SessionBucket`: every session whose id mod 256 is `b` (session, last seq, last index) |
+//! | `kv/reply/` + session id (8 bytes, big-endian) | `SessionReply`: the last seq and its `CommandResponse` |
+//!
+//! A bucket with nothing in it is deleted rather than stored empty. Keys attached to a lease
+//! are not stored apart: they are the keys whose latest version carries the lease id.
 
 use std::io::Read;
 use std::sync::Arc;

@@ -633,7 +633,7 @@ struct RangeIndex {
 
 impl RangeIndex {
     fn pending_max(&self) -> usize {
-        16usize.max(self.starts.len().isqrt())
+        4usize.max(self.starts.len().isqrt())
     }
 
     fn insert(&mut self, id: WatchId, start: Bytes, end: End) {

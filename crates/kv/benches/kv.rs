@@ -1,0 +1,188 @@
+//! Benchmarks of the state machine: apply throughput (puts through `StateMachine::apply` on
+//! `MemStore`, with and without client sessions, and 10-op txns) and watch fan-out (one hub
+//! with 10,000 watchers). Short measurement windows keep a full run around a minute.
+//!
+//! `cargo bench -p quorumkv-kv --bench kv`; `-- --test` runs each once (CI).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use quorumkv_kv::proto::etcdserverpb::{PutRequest, RequestOp, TxnRequest, request_op};
+use quorumkv_kv::{
+    Config, Request, StateMachine, WatchConfig, WatchHub, WatchSpec, command, encode_command,
+};
+use quorumkv_storage::mvcc::{Event, EventKind, KeyValue, MemStore};
+
+const BATCH: u64 = 1_000;
+
+fn put_cmd(session: u64, seq: u64, i: u64) -> Vec<u8> {
+    let req = PutRequest {
+        key: Bytes::from(format!("key/{:06}", i % 10_000)),
+        value: Bytes::from(vec![b'v'; 100]),
+        ..PutRequest::default()
+    };
+    encode_command(&command(session, seq, Request::Put(req)))
+}
+
+fn apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("apply");
+    g.throughput(Throughput::Elements(BATCH));
+    for (name, sessions) in [("put_100b", false), ("put_100b_session", true)] {
+        let cmds: Vec<Vec<u8>> = (0..BATCH)
+            .map(|i| if sessions { put_cmd(1 + i % 64, 1 + i / 64, i) } else { put_cmd(0, 0, i) })
+            .collect();
+        g.bench_function(name, |bench| {
+            bench.iter_batched(
+                || StateMachine::open(Arc::new(MemStore::new()), Config::default()).expect("open"),
+                |mut sm| {
+                    for (i, cmd) in cmds.iter().enumerate() {
+                        sm.apply(i as u64 + 1, cmd).expect("apply");
+                    }
+                    sm
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    let txn: Vec<u8> = {
+        let ops = (0..10)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: Bytes::from(format!("t/{i}")),
+                    value: Bytes::from_static(b"value"),
+                    ..PutRequest::default()
+                })),
+            })
+            .collect();
+        encode_command(&command(
+            0,
+            0,
+            Request::Txn(TxnRequest { compare: vec![], success: ops, failure: vec![] }),
+        ))
+    };
+    g.throughput(Throughput::Elements(BATCH / 10));
+    g.bench_function("txn_10_puts", |bench| {
+        bench.iter_batched(
+            || StateMachine::open(Arc::new(MemStore::new()), Config::default()).expect("open"),
+            |mut sm| {
+                for i in 0..BATCH / 10 {
+                    sm.apply(i + 1, &txn).expect("apply");
+                }
+                sm
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+fn watch_fanout(c: &mut Criterion) {
+    const WATCHERS: u64 = 10_000;
+    const COMMITS: i64 = 100;
+    let mut g = c.benchmark_group("watch");
+    // Half the watchers on one hot key, half on prefixes that contain it; every event goes to
+    // all 10,000.
+    g.throughput(Throughput::Elements(WATCHERS * COMMITS as u64));
+    g.bench_function("fanout_10k_watchers", |bench| {
+        bench.iter_batched(
+            || {
+                let mut hub = WatchHub::new(1, WatchConfig { max_buffered_events: 1024 });
+                for id in 0..WATCHERS {
+                    let spec = if id % 2 == 0 {
+                        WatchSpec { key: Bytes::from_static(b"hot/key"), ..WatchSpec::default() }
+                    } else {
+                        let p = ["h", "ho", "hot", "hot/"][(id % 4) as usize];
+                        let mut end = p.as_bytes().to_vec();
+                        if let Some(last) = end.last_mut() {
+                            *last += 1;
+                        }
+                        WatchSpec {
+                            key: Bytes::from(p),
+                            range_end: Bytes::from(end),
+                            ..WatchSpec::default()
+                        }
+                    };
+                    hub.watch(id, spec).expect("watch");
+                }
+                hub
+            },
+            |mut hub| {
+                let mut delivered = 0usize;
+                for rev in 2..2 + COMMITS {
+                    let ev = Event {
+                        kind: EventKind::Put,
+                        kv: KeyValue {
+                            key: Bytes::from_static(b"hot/key"),
+                            create_revision: 2,
+                            mod_revision: rev,
+                            version: rev - 1,
+                            lease: 0,
+                            value: Bytes::from_static(b"v"),
+                        },
+                        prev_kv: None,
+                    };
+                    hub.on_commit(rev, std::slice::from_ref(&ev));
+                    if rev % 10 == 0 {
+                        delivered += hub.poll(1024).iter().map(|b| b.events.len()).sum::<usize>();
+                    }
+                }
+                delivered += hub.poll(1024).iter().map(|b| b.events.len()).sum::<usize>();
+                assert_eq!(delivered as u64, WATCHERS * COMMITS as u64);
+                hub
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    // Matching cost alone: 10,000 watchers on distinct keys and ranges, events hitting one.
+    g.throughput(Throughput::Elements(1_000));
+    g.bench_function("match_1k_events_10k_sparse_watchers", |bench| {
+        let mut hub = WatchHub::new(1, WatchConfig::default());
+        for id in 0..WATCHERS {
+            let k = format!("k/{id:05}");
+            let spec = if id % 2 == 0 {
+                WatchSpec { key: Bytes::from(k), ..WatchSpec::default() }
+            } else {
+                WatchSpec {
+                    key: Bytes::from(k),
+                    range_end: Bytes::from(format!("k/{:05}", id + 3)),
+                    ..WatchSpec::default()
+                }
+            };
+            hub.watch(id, spec).expect("watch");
+        }
+        let mut rev = 1;
+        bench.iter(|| {
+            for i in 0..1_000u64 {
+                rev += 1;
+                let ev = Event {
+                    kind: EventKind::Put,
+                    kv: KeyValue {
+                        key: Bytes::from(format!("k/{:05}", (i * 7919) % WATCHERS)),
+                        mod_revision: rev,
+                        ..KeyValue::default()
+                    },
+                    prev_kv: None,
+                };
+                hub.on_commit(rev, std::slice::from_ref(&ev));
+            }
+            hub.poll(usize::MAX).len()
+        });
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = apply, watch_fanout
+}
+criterion_main!(benches);

@@ -580,3 +580,30 @@ fn snapshot_restore<S: MvccStore>(mut mk: impl FnMut() -> S) {
     assert_eq!((a.revision, a.events), (b.revision, b.events));
 }
 on_both_backends!(snapshot_restore_answers_the_same, snapshot_restore);
+
+/// A store failure is fatal: the state machine refuses every later entry, and after a
+/// restart nothing of the failed entry is visible.
+#[test]
+fn a_store_failure_is_fatal_until_restart() {
+    use quorumkv_storage::disk::SimDisk;
+    use quorumkv_storage::mvcc::{CommitDurability, RedbOptions, RedbStore};
+    let disk = std::sync::Arc::new(SimDisk::new(7));
+    let opts = RedbOptions { durability: CommitDurability::Immediate, cache_bytes: 1 << 20 };
+    let store = RedbStore::open(disk.clone(), std::path::Path::new("/state.redb"), opts).unwrap();
+    let mut h = Harness::new(store);
+    h.put("a", "1");
+    disk.fail_next_sync();
+    let r = h.apply_in(0, 0, put("a", "2"));
+    assert!(matches!(r, Err(ApplyError::Store(_))), "got {r:?}");
+    assert!(!r.unwrap_err().is_deterministic());
+    assert!(matches!(h.apply_in(0, 0, put("b", "1")), Err(ApplyError::Poisoned)));
+    // The node restarts: the store reopens at its last commit, the entry is replayed.
+    let applied = h.sm.applied_index();
+    drop(h);
+    let store = RedbStore::open(disk, std::path::Path::new("/state.redb"), opts).unwrap();
+    let mut h = Harness::new(store);
+    assert_eq!(h.sm.applied_index(), applied);
+    assert_eq!(values(&h.get("a")), ["1"]);
+    h.put("a", "2");
+    assert_eq!(values(&h.get("a")), ["2"]);
+}

@@ -31,6 +31,14 @@ pub enum FaultKind {
     Crash,
     /// A node's process stops, then resumes (and catches up its missed ticks first).
     Pause,
+    /// A bit flips in a durable WAL record of a node, which then crashes: it must refuse to
+    /// start (corruption, with file and offset) and is later wiped and re-added under a new id.
+    Bitflip,
+    /// A node's next fsync fails: the process stops and restarts from what is durable.
+    FsyncFail,
+    /// A node's disk is full for a while: the process stops at the first rejected write and
+    /// restarts once space is back.
+    DiskFull,
     /// A node is removed, wiped and re-added under a new id (learner, then voter).
     Wipe,
     /// Voters are demoted to learners and promoted back (joint consensus both ways).
@@ -45,7 +53,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every fault, in a fixed order.
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::Loss,
         FaultKind::Delay,
         FaultKind::Duplicate,
@@ -57,6 +65,9 @@ impl FaultKind {
         FaultKind::Flap,
         FaultKind::Crash,
         FaultKind::Pause,
+        FaultKind::Bitflip,
+        FaultKind::FsyncFail,
+        FaultKind::DiskFull,
         FaultKind::Wipe,
         FaultKind::Membership,
         FaultKind::Transfer,
@@ -78,6 +89,9 @@ impl FaultKind {
             FaultKind::Flap => "flap",
             FaultKind::Crash => "crash",
             FaultKind::Pause => "pause",
+            FaultKind::Bitflip => "bitflip",
+            FaultKind::FsyncFail => "fsync-fail",
+            FaultKind::DiskFull => "disk-full",
             FaultKind::Wipe => "wipe",
             FaultKind::Membership => "membership",
             FaultKind::Transfer => "transfer",

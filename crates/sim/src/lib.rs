@@ -18,6 +18,7 @@ pub mod invariants;
 pub mod kv;
 pub mod net;
 pub mod node;
+pub mod store;
 pub mod trace;
 pub mod world;
 
@@ -110,6 +111,17 @@ pub struct RunReport {
     pub snapshot_installs: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Starts refused because a flipped bit was found in the WAL (the expected outcome of a
+    /// `bitflip` fault; the machine is then wiped and re-added).
+    pub corruptions_detected: u64,
+    /// Processes stopped by a failed fsync (`fsync-fail`).
+    pub fsync_failures: u64,
+    /// Disk-full episodes injected (`disk-full`).
+    pub disk_full_episodes: u64,
+    /// Processes stopped by a write the full disk rejected.
+    pub disk_full_stops: u64,
+    /// Torn writes WAL recovery found at the end of the log and cut off.
+    pub torn_tails: u64,
     /// Digest of the whole trace.
     pub digest: u64,
     /// The trace, if kept.
@@ -190,6 +202,11 @@ pub fn run(options: &SimOptions) -> RunReport {
         elections: outcome.elections,
         snapshot_installs: outcome.snapshot_installs,
         crashes: outcome.crashes,
+        corruptions_detected: outcome.corruptions_detected,
+        fsync_failures: outcome.fsync_failures,
+        disk_full_episodes: outcome.disk_full_episodes,
+        disk_full_stops: outcome.disk_full_stops,
+        torn_tails: outcome.torn_tails,
         digest: outcome.digest,
         trace: outcome.trace_text,
         recent: outcome.recent,

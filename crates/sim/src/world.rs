@@ -7,14 +7,18 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use quorumkv_check::history::{F, HistoryRecorder, Value};
 use quorumkv_core::rng::Rng;
-use quorumkv_core::{ConfChange, ConfChangeStep, LogIndex, NodeId};
+use quorumkv_core::{ConfChange, ConfChangeStep, LogIndex, NodeId, Snapshot};
 use quorumkv_raft::{Config, Message, Raft, RaftError, RestoreState, Role};
+use quorumkv_storage::disk::SimDisk;
+use quorumkv_storage::wal::WalOptions;
+use quorumkv_storage::wal::codec::SEGMENT_HEADER_BYTES;
 
 use crate::faults::FaultKind;
 use crate::invariants::Invariants;
 use crate::kv::{Command, Key, Op, OpResult};
 use crate::net::Net;
-use crate::node::{Durable, PendingWrite, SimNode, Status, Waiting};
+use crate::node::{SimNode, Status, Unsynced, Waiting};
+use crate::store::{NodeStore, Opened, StoreError, segment_files};
 use crate::trace::{Trace, TraceEvent};
 
 /// Virtual microseconds.
@@ -61,12 +65,13 @@ pub enum Ev {
     Fsync { slot: usize, incarnation: u32 },
     Arrive { slot: usize, client: usize, op_id: u64, req: Request },
     Respond { client: usize, op_id: u64, resp: Response },
-    AttemptTimeout { client: usize, op_id: u64, attempt: u32 },
+    AttemptTimeout { client: usize },
     ClientNext { client: usize },
     Nemesis,
     EndPartition { token: u64 },
     Flap { token: u64, a: usize, b: usize },
     Restart { slot: usize },
+    DiskSpace { slot: usize },
     Resume { slot: usize },
     Drift,
     WipeStep { slot: usize, step: u8, new_id: NodeId },
@@ -75,10 +80,12 @@ pub enum Ev {
     StopClients,
 }
 
+/// A queue entry: when, the tie-break order, and where the event waits in the world's event
+/// slab. Keeping the (large) events out of the heap makes its sift moves cheap.
 struct Queued {
     at: Time,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
 impl PartialEq for Queued {
@@ -105,6 +112,8 @@ struct ClientOp {
     attempt: u32,
     req: Request,
     deadline: Time,
+    /// When the current attempt times out.
+    attempt_timeout_at: Time,
     /// Some attempt may have been proposed and not definitively refused.
     maybe_applied: bool,
 }
@@ -115,6 +124,10 @@ struct Client {
     seq: u64,
     target: usize,
     op: Option<ClientOp>,
+    /// When this client's timer event fires, if one is queued. One timer per client, re-armed
+    /// when it fires, keeps the queue small: most attempts are answered long before their
+    /// timeout, and a queued event per attempt would fill the queue with stale timers.
+    timer_at: Option<Time>,
 }
 
 /// Knobs a run draws from its seed.
@@ -132,6 +145,9 @@ pub struct Plan {
     pub compact_every: u64,
     /// Raft tunables shared by every node (id filled per node).
     pub raft: Config,
+    /// WAL segment size: small segments make rotation, checkpoints and segment deletion
+    /// happen often.
+    pub wal_segment_bytes_max: u64,
     /// Fault phase length.
     pub fault_time: Time,
     /// Time after healing during which the cluster must commit a write.
@@ -167,6 +183,16 @@ pub struct Outcome {
     pub snapshot_installs: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Starts refused because a flipped bit was found in the WAL.
+    pub corruptions_detected: u64,
+    /// Processes stopped by a failed fsync.
+    pub fsync_failures: u64,
+    /// Disk-full episodes injected.
+    pub disk_full_episodes: u64,
+    /// Processes stopped by a write the full disk rejected.
+    pub disk_full_stops: u64,
+    /// Torn writes WAL recovery found and cut off (crashes during an fsync, failed fsyncs).
+    pub torn_tails: u64,
 }
 
 impl Outcome {
@@ -186,6 +212,11 @@ impl Outcome {
             elections: 0,
             snapshot_installs: 0,
             crashes: 0,
+            corruptions_detected: 0,
+            fsync_failures: 0,
+            disk_full_episodes: 0,
+            disk_full_stops: 0,
+            torn_tails: 0,
         }
     }
 }
@@ -195,6 +226,10 @@ pub struct World {
     now: Time,
     seq: u64,
     queue: BinaryHeap<Reverse<Queued>>,
+    /// Events waiting in the queue, by slab slot.
+    events: Vec<Option<Ev>>,
+    /// Free slab slots.
+    free_events: Vec<u32>,
     rng: Rng,
     plan: Plan,
     nodes: Vec<SimNode>,
@@ -217,6 +252,12 @@ pub struct World {
     elections: u64,
     snapshot_installs: u64,
     crashes: u64,
+    corruptions_detected: u64,
+    fsync_failures: u64,
+    disk_full_episodes: u64,
+    disk_full_stops: u64,
+    torn_tails: u64,
+    wal_options: WalOptions,
     /// A membership operation (wipe or demotion) is under way.
     membership_busy: bool,
     /// Clock rate bounds for skew: (low, high) multipliers of the tick period.
@@ -229,15 +270,18 @@ impl World {
         let mut rng = Rng::new(seed);
         let voters: Vec<NodeId> = (1..=plan.nodes as u64).collect();
         let boot = RestoreState::bootstrap(&voters);
+        let wal_options = WalOptions { segment_bytes_max: plan.wal_segment_bytes_max };
+        let mut inv = Invariants::default();
         let nodes: Vec<SimNode> = voters
             .iter()
             .map(|&id| {
-                let durable = Durable {
-                    hard_state: boot.hard_state,
-                    snapshot: None,
-                    entries: boot.entries.clone(),
-                };
-                SimNode::new(id, durable)
+                let disk = new_disk(&mut rng);
+                // The initial members' first start: the membership entry and hard state are on
+                // disk before any process runs, as a bootstrap tool would leave them.
+                if let Err(e) = NodeStore::bootstrap(&disk, plan.raft.group, &wal_options, &boot) {
+                    inv.violations.push(format!("storage: bootstrapping node {id} failed: {e}"));
+                }
+                SimNode::new(id, disk)
             })
             .collect();
         let id_to_slot = voters.iter().enumerate().map(|(slot, &id)| (id, slot)).collect();
@@ -266,6 +310,7 @@ impl World {
                 seq: 0,
                 target: i % plan.nodes,
                 op: None,
+                timer_at: None,
             })
             .collect();
         let slots = plan.nodes;
@@ -273,6 +318,8 @@ impl World {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            events: Vec::new(),
+            free_events: Vec::new(),
             next_node_id: plan.nodes as u64 + 1,
             heal_at: plan.fault_time,
             next_process: plan.clients as u64,
@@ -284,7 +331,7 @@ impl World {
             clients,
             next_op_id: 1,
             recorder: HistoryRecorder::new(Vec::new()),
-            inv: Invariants::default(),
+            inv,
             trace: Trace::new(slots, full_trace),
             partition_token: 0,
             healed: false,
@@ -295,6 +342,12 @@ impl World {
             elections: 0,
             snapshot_installs: 0,
             crashes: 0,
+            corruptions_detected: 0,
+            fsync_failures: 0,
+            disk_full_episodes: 0,
+            disk_full_stops: 0,
+            torn_tails: 0,
+            wal_options,
             membership_busy: false,
             skew,
         };
@@ -323,7 +376,17 @@ impl World {
 
     fn schedule(&mut self, delay: Time, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse(Queued { at: self.now + delay, seq: self.seq, ev }));
+        let slot = match self.free_events.pop() {
+            Some(slot) => {
+                self.events[slot as usize] = Some(ev);
+                slot
+            }
+            None => {
+                self.events.push(Some(ev));
+                (self.events.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse(Queued { at: self.now + delay, seq: self.seq, slot }));
     }
 
     fn record(&mut self, slot: usize, e: TraceEvent) {
@@ -340,7 +403,9 @@ impl World {
                 break;
             }
             self.now = q.at;
-            self.handle(q.ev);
+            let Some(ev) = self.events[q.slot as usize].take() else { continue };
+            self.free_events.push(q.slot);
+            self.handle(ev);
         }
         if self.trace.events() > MAX_EVENTS {
             self.inv.violations.push(format!("run exceeded {MAX_EVENTS} events (livelock?)"));
@@ -373,6 +438,11 @@ impl World {
             elections: self.elections,
             snapshot_installs: self.snapshot_installs,
             crashes: self.crashes,
+            corruptions_detected: self.corruptions_detected,
+            fsync_failures: self.fsync_failures,
+            disk_full_episodes: self.disk_full_episodes,
+            disk_full_stops: self.disk_full_stops,
+            torn_tails: self.torn_tails,
         }
     }
 
@@ -416,19 +486,19 @@ impl World {
 
     fn handle(&mut self, ev: Ev) {
         // Events for a paused machine wait for it (its disk and the network do not).
-        if let Some(slot) = self.event_slot(&ev) {
-            if self.nodes[slot].status == Status::Paused {
-                if let Ev::Tick { incarnation, .. } = ev {
-                    if incarnation == self.nodes[slot].incarnation {
-                        self.nodes[slot].missed_ticks += 1;
-                        let period = self.tick_period(slot);
-                        self.schedule(period, ev);
-                    }
-                    return;
+        if let Some(slot) = self.event_slot(&ev)
+            && self.nodes[slot].status == Status::Paused
+        {
+            if let Ev::Tick { incarnation, .. } = ev {
+                if incarnation == self.nodes[slot].incarnation {
+                    self.nodes[slot].missed_ticks += 1;
+                    let period = self.tick_period(slot);
+                    self.schedule(period, ev);
                 }
-                self.nodes[slot].held.push(ev);
                 return;
             }
+            self.nodes[slot].held.push(ev);
+            return;
         }
         match ev {
             Ev::Tick { slot, incarnation } => {
@@ -464,7 +534,15 @@ impl World {
                 if n.incarnation != incarnation || n.status != Status::Up {
                     return;
                 }
-                let (marker, after) = n.complete_fsync();
+                n.fsync_scheduled = false;
+                // Group commit: one WAL sync covers every ready logged since the previous one.
+                let Some(store) = n.store.as_mut() else { return };
+                if let Err(e) = store.sync() {
+                    self.storage_failed(slot, e);
+                    return;
+                }
+                let n = &mut self.nodes[slot];
+                let (marker, after) = n.take_synced();
                 if let (Some((i, t)), Some(r)) = (marker, n.raft.as_mut()) {
                     r.on_persisted(i, t);
                     self.record(slot, TraceEvent::Persisted { index: i });
@@ -483,9 +561,7 @@ impl World {
                 self.drive(slot);
             }
             Ev::Respond { client, op_id, resp } => self.on_response(client, op_id, resp),
-            Ev::AttemptTimeout { client, op_id, attempt } => {
-                self.on_attempt_timeout(client, op_id, attempt)
-            }
+            Ev::AttemptTimeout { client } => self.on_attempt_timer(client),
             Ev::ClientNext { client } => self.next_op(client),
             Ev::Nemesis => self.nemesis(),
             Ev::EndPartition { token } => {
@@ -512,6 +588,7 @@ impl World {
                     self.start_process(slot);
                 }
             }
+            Ev::DiskSpace { slot } => self.disk_space_back(slot),
             Ev::Resume { slot } => self.resume(slot),
             Ev::Drift => {
                 if let (Some((lo, hi)), false) = (self.skew, self.healed) {
@@ -544,25 +621,68 @@ impl World {
 
     // ----- processes ------------------------------------------------------------------------
 
+    /// Starts the machine's process: opens the WAL and snapshot files, recovers, runs Raft.
     fn start_process(&mut self, slot: usize) {
-        let n = &mut self.nodes[slot];
-        let state = n.durable.restore_state();
-        let mut cfg = self.plan.raft.clone();
-        cfg.id = n.id;
+        if self.nodes[slot].corrupt {
+            // It refused once already; only a wipe brings the machine back.
+            return;
+        }
+        let group = self.plan.raft.group;
+        let id = self.nodes[slot].id;
+        let opened = match NodeStore::open(&self.nodes[slot].disk, group, &self.wal_options) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.start_refused(slot, e);
+                return;
+            }
+        };
+        let Opened { store, state, torn_tail } = opened;
+        if let Some(t) = torn_tail {
+            self.torn_tails += 1;
+            self.record(
+                slot,
+                TraceEvent::Nemesis(format!(
+                    "WAL recovery cut a torn tail: {} bytes at byte {} of {}{}",
+                    t.bytes_dropped,
+                    t.offset,
+                    t.path.display(),
+                    if t.segment_removed { " (segment removed)" } else { "" }
+                )),
+            );
+        }
+        if let Some((path, offset)) = self.nodes[slot].flipped.take() {
+            self.inv.violations.push(format!(
+                "storage: node {id} started on a disk with a flipped bit in byte {offset} of {}",
+                path.display()
+            ));
+        }
         let kv = match &state.snapshot {
-            Some(s) => crate::kv::KvState::restore(&s.data).unwrap_or_default(),
+            Some(s) => match crate::kv::KvState::restore(&s.data) {
+                Some(kv) => kv,
+                None => {
+                    self.inv.violations.push(format!(
+                        "storage: node {id} recovered snapshot {}@t{} whose data does not decode",
+                        s.meta.index, s.meta.term
+                    ));
+                    return;
+                }
+            },
             None => Default::default(),
         };
+        let mut cfg = self.plan.raft.clone();
+        cfg.id = id;
         let seed = self.rng.next_u64();
+        let n = &mut self.nodes[slot];
         match Raft::new(cfg, state, seed) {
             Ok(r) => {
                 n.raft = Some(r);
+                n.store = Some(store);
                 n.kv = kv;
                 n.status = Status::Up;
                 n.commit_seen = 0;
             }
             Err(e) => {
-                let msg = format!("node {} cannot restart from its disk: {e}", n.id);
+                let msg = format!("node {id} cannot restart from its disk: {e}");
                 self.inv.violations.push(msg);
                 return;
             }
@@ -570,20 +690,129 @@ impl World {
         let incarnation = self.nodes[slot].incarnation;
         let first = self.rng.range(0, TICK);
         self.schedule(first, Ev::Tick { slot, incarnation });
-        self.record(
-            slot,
-            TraceEvent::Nemesis(format!("process started (node {})", self.nodes[slot].id)),
-        );
+        self.record(slot, TraceEvent::Nemesis(format!("process started (node {id})")));
         self.drive(slot);
     }
 
+    /// The process could not open its storage. A corruption error is the expected answer to a
+    /// flipped bit (the machine then waits to be wiped); a full disk or an injected fsync
+    /// failure is retried later; anything else is a storage or simulator bug.
+    fn start_refused(&mut self, slot: usize, e: StoreError) {
+        let id = self.nodes[slot].id;
+        self.record(slot, TraceEvent::Nemesis(format!("process refused to start: {e}")));
+        match e {
+            StoreError::Corrupt { path, offset, message } => {
+                // Stays down either way: a corrupt log must never be served.
+                self.nodes[slot].corrupt = true;
+                match self.nodes[slot].flipped.take() {
+                    Some((flipped_path, flipped_at)) => {
+                        self.corruptions_detected += 1;
+                        if flipped_path != path || offset > flipped_at {
+                            self.inv.violations.push(format!(
+                                "storage: node {id} reports corruption in {} at byte {offset}, \
+                                 but the flipped bit is in byte {flipped_at} of {}",
+                                path.display(),
+                                flipped_path.display()
+                            ));
+                        }
+                    }
+                    None => self.inv.violations.push(format!(
+                        "storage: node {id} cannot recover its WAL after a plain crash: {message}"
+                    )),
+                }
+            }
+            StoreError::DiskFull(_) if self.nodes[slot].disk_full => {
+                // The end of the episode restarts it.
+            }
+            StoreError::Failed(m) if self.injected_sync_failure(slot, &m) => {
+                self.fsync_failures += 1;
+                let retry = self.rng.range(300 * MS, SEC);
+                self.schedule(retry, Ev::Restart { slot });
+            }
+            e => self.inv.violations.push(format!("storage: node {id} cannot restart: {e}")),
+        }
+    }
+
+    /// True if `message` is the failure of the sync this machine was told to fail (which is
+    /// then used up).
+    fn injected_sync_failure(&mut self, slot: usize, message: &str) -> bool {
+        let n = &mut self.nodes[slot];
+        if n.sync_fault_armed && message.contains("simulated fsync failure") {
+            n.sync_fault_armed = false;
+            return true;
+        }
+        false
+    }
+
+    /// The running process hit a storage error: it stops at once (crash-stop), so nothing that
+    /// was not durable is ever acknowledged, and restarts later from what is on disk. Only
+    /// injected faults may cause this; any other error is a finding.
+    fn storage_failed(&mut self, slot: usize, e: StoreError) {
+        let id = self.nodes[slot].id;
+        let restart = match &e {
+            StoreError::DiskFull(_) if self.nodes[slot].disk_full => {
+                self.disk_full_stops += 1;
+                // The end of the episode restarts it.
+                false
+            }
+            StoreError::Failed(m) if self.injected_sync_failure(slot, m) => {
+                self.fsync_failures += 1;
+                true
+            }
+            _ => {
+                self.inv.violations.push(format!("storage: node {id} failed unexpectedly: {e}"));
+                true
+            }
+        };
+        self.nodes[slot].stop_process();
+        self.record(slot, TraceEvent::Nemesis(format!("process stopped: {e}")));
+        if restart {
+            let after = self.rng.range(300 * MS, 3 * SEC);
+            self.schedule(after, Ev::Restart { slot });
+        }
+    }
+
+    /// A disk-full episode ends: space is back, and a process it stopped starts again.
+    fn disk_space_back(&mut self, slot: usize) {
+        let n = &mut self.nodes[slot];
+        if !n.disk_full {
+            return;
+        }
+        n.disk.set_full(false);
+        n.disk_full = false;
+        self.record(slot, TraceEvent::Nemesis("disk space is back".into()));
+        if self.nodes[slot].status == Status::Down {
+            self.start_process(slot);
+        }
+    }
+
+    /// The machine loses power: the process is gone and the disk keeps what was fsynced
+    /// (`SimDisk::crash`: of the unsynced writes a random prefix survives, the last possibly
+    /// torn). With `mid_sync`, the crash may strike while the group fsync is under way, so
+    /// part of the WAL batch reaches the disk and may be torn.
     fn crash(&mut self, slot: usize) {
+        self.crash_machine(slot, true);
+    }
+
+    fn crash_machine(&mut self, slot: usize, mid_sync: bool) {
         if self.nodes[slot].status == Status::Down {
             return;
         }
         self.crashes += 1;
-        let lost = self.nodes[slot].crash(&mut self.rng);
+        let (store, lost) = self.nodes[slot].stop_process();
         let _ = lost; // their clients time out, as real clients would
+        if let Some(store) = store
+            && mid_sync
+            && store.has_unsynced()
+            && self.rng.chance(0.5)
+        {
+            let budget = self.rng.range(0, 6);
+            store.sync_until_power_off(budget);
+        }
+        let n = &mut self.nodes[slot];
+        n.disk.crash();
+        // A crash clears an armed sync failure (SimDisk::crash does).
+        n.sync_fault_armed = false;
         self.record(slot, TraceEvent::Nemesis("crashed".into()));
     }
 
@@ -617,14 +846,14 @@ impl World {
             }
             let id = r.id();
             let rd = r.ready();
-            if let Some(ss) = rd.soft_state {
-                if ss.role == Role::Leader {
-                    self.elections += 1;
-                    if let Some(r) = self.nodes[slot].raft.as_ref() {
-                        self.inv.on_leader(id, ss.term, r);
-                    }
-                    self.record(slot, TraceEvent::Leader { term: ss.term });
+            if let Some(ss) = rd.soft_state
+                && ss.role == Role::Leader
+            {
+                self.elections += 1;
+                if let Some(r) = self.nodes[slot].raft.as_ref() {
+                    self.inv.on_leader(id, ss.term, r);
                 }
+                self.record(slot, TraceEvent::Leader { term: ss.term });
             }
             if !rd.entries.is_empty() {
                 let first = rd.entries[0].index;
@@ -640,13 +869,14 @@ impl World {
                 || !rd.entries.is_empty()
                 || !rd.persisted_messages.is_empty()
             {
-                self.nodes[slot].pending.push_back(PendingWrite {
-                    hard_state: rd.hard_state,
-                    snapshot: rd.snapshot.clone(),
-                    entries: rd.entries,
-                    marker,
-                    after: rd.persisted_messages,
-                });
+                // Into the WAL now (a snapshot's file is made durable at once); durable at the
+                // next group fsync, which then reports the marker and releases the messages.
+                let Some(store) = self.nodes[slot].store.as_mut() else { return };
+                if let Err(e) = store.log(rd.snapshot.as_ref(), &rd.entries, rd.hard_state) {
+                    self.storage_failed(slot, e);
+                    return;
+                }
+                self.nodes[slot].unsynced.push(Unsynced { marker, after: rd.persisted_messages });
                 self.start_fsync(slot);
             }
             if let Some(s) = rd.snapshot {
@@ -737,18 +967,27 @@ impl World {
         }
         let data = n.kv.snapshot();
         if let Ok(meta) = r.compact(applied, data.clone()) {
-            n.durable.compact(quorumkv_core::Snapshot { meta, data });
+            // The snapshot file is durable before the WAL logs the compaction; the compaction
+            // record itself rides on the next group fsync.
+            let Some(store) = n.store.as_mut() else { return };
+            if let Err(e) = store.save_snapshot(&Snapshot { meta, data }) {
+                self.storage_failed(slot, e);
+                return;
+            }
             self.record(slot, TraceEvent::Compacted { index: applied });
+            self.start_fsync(slot);
         }
     }
 
+    /// Schedules the group fsync if something waits for one and none is scheduled.
     fn start_fsync(&mut self, slot: usize) {
         let n = &mut self.nodes[slot];
-        if n.fsync_covers > 0 || n.pending.is_empty() {
+        let waiting =
+            !n.unsynced.is_empty() || n.store.as_ref().is_some_and(NodeStore::has_unsynced);
+        if n.fsync_scheduled || n.status == Status::Down || !waiting {
             return;
         }
-        // Group commit: one fsync covers everything written so far.
-        n.fsync_covers = n.pending.len();
+        n.fsync_scheduled = true;
         let incarnation = n.incarnation;
         let latency = self.rng.range(100, 2 * MS);
         self.schedule(latency, Ev::Fsync { slot, incarnation });
@@ -841,8 +1080,14 @@ impl World {
             self.inv.violations.push(format!("history bookkeeping: {e}"));
         }
         let deadline = self.now + 2 * SEC;
-        self.clients[client].op =
-            Some(ClientOp { op_id, attempt: 0, req, deadline, maybe_applied: false });
+        self.clients[client].op = Some(ClientOp {
+            op_id,
+            attempt: 0,
+            req,
+            deadline,
+            attempt_timeout_at: 0,
+            maybe_applied: false,
+        });
         // Reads go anywhere (followers forward them); commands to the believed leader.
         if matches!(req, Request::Read(_)) && self.rng.chance(0.5) {
             self.clients[client].target = self.rng.range(0, self.nodes.len() as u64) as usize;
@@ -853,13 +1098,18 @@ impl World {
     fn attempt(&mut self, client: usize) {
         let Some(op) = self.clients[client].op.as_mut() else { return };
         op.attempt += 1;
-        let (op_id, attempt, req) = (op.op_id, op.attempt, op.req);
+        op.attempt_timeout_at = self.now + 300 * MS;
+        let (op_id, req) = (op.op_id, op.req);
         let slot = self.clients[client].target;
         let delay = self.rng.range(100, 500);
         if self.nodes[slot].status != Status::Down {
             self.schedule(delay, Ev::Arrive { slot, client, op_id, req });
         }
-        self.schedule(300 * MS, Ev::AttemptTimeout { client, op_id, attempt });
+        // A queued timer fires no later than this attempt's timeout and re-arms itself then.
+        if self.clients[client].timer_at.is_none() {
+            self.clients[client].timer_at = Some(self.now + 300 * MS);
+            self.schedule(300 * MS, Ev::AttemptTimeout { client });
+        }
     }
 
     fn retarget(&mut self, client: usize, hint: Option<NodeId>) {
@@ -903,12 +1153,19 @@ impl World {
         }
     }
 
-    fn on_attempt_timeout(&mut self, client: usize, op_id: u64, attempt: u32) {
-        let Some(op) = self.clients[client].op.as_ref() else { return };
-        if op.op_id != op_id || op.attempt != attempt {
-            return;
+    /// The client's timer fired: the current attempt timed out, or the timer re-arms for it.
+    fn on_attempt_timer(&mut self, client: usize) {
+        let now = self.now;
+        let c = &mut self.clients[client];
+        c.timer_at = None;
+        let Some(op) = c.op.as_ref() else { return };
+        if op.attempt_timeout_at <= now {
+            self.retry(client, None, true);
+        } else {
+            let at = op.attempt_timeout_at;
+            c.timer_at = Some(at);
+            self.schedule(at - now, Ev::AttemptTimeout { client });
         }
-        self.retry(client, None, true);
     }
 
     fn retry(&mut self, client: usize, hint: Option<NodeId>, maybe_applied: bool) {
@@ -974,6 +1231,7 @@ impl World {
         if self.healed {
             return;
         }
+        self.repair_corrupt_machine();
         let kinds = self.episodic();
         let Some(&kind) = self.rng.pick(&kinds) else { return };
         let n = self.nodes.len();
@@ -1036,6 +1294,25 @@ impl World {
                 self.crash(slot);
                 self.schedule(duration, Ev::Restart { slot });
             }
+            FaultKind::Bitflip => self.flip_a_bit(duration),
+            FaultKind::FsyncFail => {
+                let slot = self.rng.range(0, n as u64) as usize;
+                let node = &mut self.nodes[slot];
+                node.disk.fail_next_sync();
+                node.sync_fault_armed = true;
+                self.record(slot, TraceEvent::Nemesis("the next fsync will fail".into()));
+            }
+            FaultKind::DiskFull => {
+                let slot = self.rng.range(0, n as u64) as usize;
+                if !self.nodes[slot].disk_full {
+                    let node = &mut self.nodes[slot];
+                    node.disk.set_full(true);
+                    node.disk_full = true;
+                    self.disk_full_episodes += 1;
+                    self.record(slot, TraceEvent::Nemesis("disk full".into()));
+                    self.schedule(duration, Ev::DiskSpace { slot });
+                }
+            }
             FaultKind::Pause => {
                 let slot = self.rng.range(0, n as u64) as usize;
                 if self.nodes[slot].status == Status::Up {
@@ -1060,7 +1337,7 @@ impl World {
                 }
             }
             FaultKind::Wipe => {
-                if !self.membership_busy {
+                if !self.membership_busy && !self.disk_damage_pending() {
                     let slot = self.rng.range(0, n as u64) as usize;
                     let new_id = self.next_node_id;
                     self.next_node_id += 1;
@@ -1069,7 +1346,7 @@ impl World {
                 }
             }
             FaultKind::Membership => {
-                if !self.membership_busy {
+                if !self.membership_busy && !self.disk_damage_pending() {
                     let slot = self.rng.range(0, n as u64) as usize;
                     let id = self.nodes[slot].id;
                     if self.propose_change(ConfChangeStep::AddLearner(id)) {
@@ -1089,6 +1366,68 @@ impl World {
         self.schedule(next, Ev::Nemesis);
     }
 
+    /// A machine has a flipped bit or refused to start on one. Until a wipe replaces it, no
+    /// other membership operation may start: shrinking the voters while one of them can
+    /// never come back could leave no quorum.
+    fn disk_damage_pending(&self) -> bool {
+        self.nodes.iter().any(|n| n.corrupt || n.flipped.is_some())
+    }
+
+    /// Flips one bit in a durable WAL record of a running machine, then crashes it; the
+    /// restart must refuse with a corruption error. At most one damaged machine at a time,
+    /// so the rest always hold a quorum.
+    fn flip_a_bit(&mut self, restart_after: Time) {
+        if self.membership_busy || self.disk_damage_pending() {
+            return;
+        }
+        let slot = self.rng.range(0, self.nodes.len() as u64) as usize;
+        if self.nodes[slot].status != Status::Up {
+            return;
+        }
+        // A running process's segment files hold only synced bytes (the WAL writes a batch
+        // and fsyncs it in one call), so every byte after a segment header lies in a durable
+        // record. The crash must not tear a batch in flight: a torn tail after the damaged
+        // record would make it look like part of the tear.
+        self.crash_machine(slot, false);
+        let files: Vec<(std::path::PathBuf, u64)> = segment_files(&self.nodes[slot].disk)
+            .into_iter()
+            .filter(|(_, len)| *len > SEGMENT_HEADER_BYTES as u64)
+            .collect();
+        let Some((path, len)) = self.rng.pick(&files).cloned() else {
+            self.inv.violations.push(format!("storage: slot {slot} has no WAL segment to damage"));
+            return;
+        };
+        let offset = self.rng.range(SEGMENT_HEADER_BYTES as u64, len);
+        let bit = self.rng.range(0, 8) as u8;
+        if let Err(e) = self.nodes[slot].disk.flip_bit(&path, offset, bit) {
+            self.inv.violations.push(format!("storage: flipping a bit failed: {e}"));
+            return;
+        }
+        self.record(
+            slot,
+            TraceEvent::Nemesis(format!(
+                "bit {bit} of byte {offset} of {} flipped",
+                path.display()
+            )),
+        );
+        self.nodes[slot].flipped = Some((path, offset));
+        self.schedule(restart_after, Ev::Restart { slot });
+    }
+
+    /// Starts the wipe of a machine that refused to start on a corrupt disk: it is removed,
+    /// given a blank disk and re-added under a new id, so the cluster heals.
+    fn repair_corrupt_machine(&mut self) {
+        if self.membership_busy {
+            return;
+        }
+        let Some(slot) = self.nodes.iter().position(|n| n.corrupt) else { return };
+        let new_id = self.next_node_id;
+        self.next_node_id += 1;
+        self.membership_busy = true;
+        self.record(slot, TraceEvent::Nemesis("repair: the corrupt machine will be wiped".into()));
+        self.schedule(0, Ev::WipeStep { slot, step: 0, new_id });
+    }
+
     fn new_token(&mut self, duration: Time) -> u64 {
         self.net.clear_partitions();
         self.partition_token += 1;
@@ -1105,10 +1444,9 @@ impl World {
     /// Proposes a one-step membership change at the current leader, if any.
     fn propose_change(&mut self, step: ConfChangeStep) -> bool {
         let Some(l) = self.leader_slot() else { return false };
-        let ok = self.nodes[l]
-            .raft
-            .as_mut()
-            .is_some_and(|r| r.propose_conf_change(ConfChange { steps: vec![step], ..Default::default() }).is_ok());
+        let ok = self.nodes[l].raft.as_mut().is_some_and(|r| {
+            r.propose_conf_change(ConfChange { steps: vec![step], ..Default::default() }).is_ok()
+        });
         self.drive(l);
         ok
     }
@@ -1143,9 +1481,15 @@ impl World {
                     Some(c) if !c.all_members().contains(&old_id) => {
                         self.crash(slot);
                         self.id_to_slot.remove(&old_id);
+                        let disk = new_disk(&mut self.rng);
                         let n = &mut self.nodes[slot];
                         n.id = new_id;
-                        n.durable = Durable::default();
+                        // A new, blank disk: every disk fault of the old one goes with it.
+                        n.disk = disk;
+                        n.flipped = None;
+                        n.corrupt = false;
+                        n.sync_fault_armed = false;
+                        n.disk_full = false;
                         self.id_to_slot.insert(new_id, slot);
                         self.record(
                             slot,
@@ -1191,6 +1535,10 @@ impl World {
         self.partition_token += 1;
         for slot in 0..self.nodes.len() {
             self.nodes[slot].clock_rate = 1.0;
+            if self.nodes[slot].disk_full {
+                self.nodes[slot].disk.set_full(false);
+                self.nodes[slot].disk_full = false;
+            }
             match self.nodes[slot].status {
                 Status::Down => self.start_process(slot),
                 Status::Paused => self.resume(slot),
@@ -1205,6 +1553,15 @@ enum Completion {
     Ok(Value),
     Fail,
     Unknown,
+}
+
+/// A blank simulated disk whose random choices (what a crash keeps, how a write tears) come
+/// from the world's generator, so the run stays reproducible from its seed. Torn writes may
+/// also leave zero-filled sectors, as file systems that extend the size first can.
+fn new_disk(rng: &mut Rng) -> SimDisk {
+    let disk = SimDisk::new(rng.next_u64());
+    disk.set_zero_filled_tears(true);
+    disk
 }
 
 /// Draws a run's plan from its seed.
@@ -1232,6 +1589,7 @@ pub fn plan(
         clients: rng.range(3, 9) as usize,
         keys: rng.range(1, 5) as u32,
         compact_every: *rng.pick(&[10u64, 50, 300]).unwrap_or(&50),
+        wal_segment_bytes_max: *rng.pick(&[4u64 << 10, 64 << 10, 1 << 20]).unwrap_or(&(64 << 10)),
         raft,
         faults,
         fault_time,

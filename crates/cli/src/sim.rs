@@ -138,6 +138,7 @@ fn sweep(
     let fsync_failures: u64 = reports.iter().map(|r| r.fsync_failures).sum();
     let full_episodes: u64 = reports.iter().map(|r| r.disk_full_episodes).sum();
     let full_stops: u64 = reports.iter().map(|r| r.disk_full_stops).sum();
+    let torn: u64 = reports.iter().map(|r| r.torn_tails).sum();
     println!(
         "{} seeds ({} of 5 nodes) in {wall:.1} s: {} passed, {} failed",
         reports.len(),
@@ -153,7 +154,7 @@ fn sweep(
         ops as f64 / sim_cpu.max(1e-9)
     );
     println!(
-        "  disk faults: {corruptions} corruptions detected, {fsync_failures} fsync failures, {full_episodes} disk-full episodes ({full_stops} processes stopped by a full disk)"
+        "  disk faults: {corruptions} corruptions detected, {fsync_failures} fsync failures, {full_episodes} disk-full episodes ({full_stops} processes stopped by a full disk), {torn} torn WAL tails cut by recovery"
     );
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

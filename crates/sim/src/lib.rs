@@ -3,9 +3,33 @@
 //! One thread, virtual time, one `u64` seed. The seed picks the cluster size (3 or 5), a mix
 //! of faults (swarm testing), the workload and the Raft tunables, and then drives every random
 //! choice of the run: message loss, delay, duplication and reordering; partitions of every
-//! shape; crashes that lose or tear what was not fsynced; pauses; clock skew and drift;
-//! membership changes with wiped nodes re-added under new ids; leadership transfers. The
-//! production Raft code runs unchanged inside it.
+//! shape; crashes that lose or tear what was not fsynced (also in the middle of a group
+//! fsync); pauses; disk faults; clock skew and drift; membership changes with wiped nodes
+//! re-added under new ids; leadership transfers. The production Raft code runs unchanged
+//! inside it, and so does the production storage: every machine owns a `SimDisk` that
+//! outlives its process, holding the real write-ahead log and snapshot files ([`store`]), and
+//! a restart recovers from them exactly as a node would.
+//!
+//! Disk faults, and what the simulator expects of the node:
+//! - `bitflip`: a bit flips in a durable WAL record, and the machine crashes. Its restart must
+//!   refuse with a corruption error naming that file and an offset at or before the bit; the
+//!   machine then stays down (counted in [`RunReport::corruptions_detected`], not a
+//!   violation) until the nemesis wipes it and re-adds it under a new node id. Starting on
+//!   the damaged disk, or reporting the damage elsewhere, is a violation. At most one machine
+//!   is damaged at a time, and no other membership change starts meanwhile, so the others
+//!   keep a quorum.
+//! - `fsync-fail`: the machine's next sync fails. The WAL refuses all work after a failed
+//!   fsync, so the process stops at once (crash-stop) and restarts a little later from what
+//!   is durable ([`RunReport::fsync_failures`]).
+//! - `disk-full`: for a while, every write that needs space is rejected. The process stops at
+//!   the first rejection (crash-stop: it acknowledges nothing that is not durable, and does
+//!   not try to limp on with a log it cannot extend) and starts again when space is back;
+//!   recovery then yields everything written before ([`RunReport::disk_full_episodes`]).
+//!   This is the simplest behaviour that is obviously correct; a node that keeps serving
+//!   reads on a full disk is a later refinement.
+//!
+//! Any other storage error, and any WAL recovery failure after a plain crash, is reported as
+//! a violation: it is a bug in the storage or in how the simulator drives it.
 //!
 //! A run has a fault phase under client load, then a heal phase: every fault is removed and
 //! the cluster must commit a new write within a bounded virtual time (liveness). White-box

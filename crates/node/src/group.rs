@@ -27,6 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use quorumkv_core::{
     ConfChange, ConfChangeStep, ConfState, EntryKind, GroupId, LogIndex, NodeId, Snapshot, Term,
 };
+use quorumkv_etcd_proto::etcdserverpb::{LeaseLeasesResponse, LeaseTimeToLiveResponse};
 use quorumkv_kv::command::{Command, Request, encode_command};
 use quorumkv_kv::watch::{WatchConfig, WatchHub};
 use quorumkv_kv::{ApplyError, ApplyOutcome, LeaseClock, StateMachine};
@@ -121,6 +122,15 @@ pub enum Input {
     KeepAlive { id: i64, reply: oneshot::Sender<Result<i64, GroupError>> },
     /// Seconds left on a lease per the leader's clock.
     LeaseRemaining { id: i64, reply: oneshot::Sender<Option<i64>> },
+    /// etcd's LeaseTimeToLive (leader only): the lease table lives in the state machine,
+    /// which only the loop owns.
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+        reply: oneshot::Sender<Result<LeaseTimeToLiveResponse, GroupError>>,
+    },
+    /// etcd's LeaseLeases from the state machine's lease table.
+    LeaseLeases { reply: oneshot::Sender<Result<LeaseLeasesResponse, GroupError>> },
 }
 
 /// A WAL submission completed.
@@ -224,6 +234,20 @@ impl GroupHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Input::LeaseRemaining { id, reply }).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// etcd's LeaseTimeToLive, answered by the leader (its clock knows the time left).
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseTimeToLiveResponse, GroupError> {
+        self.call(|reply| Input::LeaseTimeToLive { id, keys, reply }).await
+    }
+
+    /// etcd's LeaseLeases, from this replica's lease table.
+    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse, GroupError> {
+        self.call(|reply| Input::LeaseLeases { reply }).await
     }
 
     /// The latest status.
@@ -452,6 +476,8 @@ impl Group {
             Input::Transfer { reply, .. } => drop(reply.send(Err(why))),
             Input::KeepAlive { reply, .. } => drop(reply.send(Err(why))),
             Input::LeaseRemaining { reply, .. } => drop(reply.send(None)),
+            Input::LeaseTimeToLive { reply, .. } => drop(reply.send(Err(why))),
+            Input::LeaseLeases { reply } => drop(reply.send(Err(why))),
         }
     }
 
@@ -530,6 +556,19 @@ impl Group {
             Input::LeaseRemaining { id, reply } => {
                 let now = self.now_ms();
                 let _ = reply.send(self.lease_clock.remaining_secs(id, now));
+            }
+            Input::LeaseTimeToLive { id, keys, reply } => {
+                if self.raft.role() != Role::Leader {
+                    let _ = reply.send(Err(GroupError::NotLeader { leader: self.raft.leader() }));
+                    return;
+                }
+                let now = self.now_ms();
+                // A lease the clock does not know yet (grant just applied) has its full TTL.
+                let left = self.lease_clock.remaining_secs(id, now).unwrap_or(i64::MAX);
+                let _ = reply.send(Ok(self.sm.lease_time_to_live(id, keys, left)));
+            }
+            Input::LeaseLeases { reply } => {
+                let _ = reply.send(Ok(self.sm.lease_leases()));
             }
         }
     }

@@ -16,8 +16,13 @@
 //! - Deterministic state-machine errors keep etcd's gRPC codes and messages, which clients
 //!   match on.
 
+mod auth;
 mod kv;
+mod lease;
+mod maintenance;
 mod ops;
+mod sha256;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -253,7 +258,9 @@ pub async fn serve(
     max_connections: usize,
 ) {
     use quorumkv_etcd_proto::etcdserverpb::{
-        cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+        auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+        lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+        watch_server::WatchServer,
     };
     let incoming =
         crate::limits::limited_incoming(listener, max_connections, api.metrics().clone());
@@ -264,11 +271,23 @@ pub async fn serve(
                 .max_decoding_message_size(max_request_bytes),
         )
         .add_service(
-            MaintenanceServer::new(ops::MaintenanceService::new(api.clone()))
+            MaintenanceServer::new(maintenance::MaintenanceService::new(api.clone()))
                 .max_decoding_message_size(max_request_bytes),
         )
         .add_service(
             ClusterServer::new(ops::ClusterService::new(api.clone()))
+                .max_decoding_message_size(max_request_bytes),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService::new(api.clone(), max_request_bytes))
+                .max_decoding_message_size(max_request_bytes),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService::new(api.clone()))
+                .max_decoding_message_size(max_request_bytes),
+        )
+        .add_service(
+            AuthServer::new(auth::AuthService::new(api.clone()))
                 .max_decoding_message_size(max_request_bytes),
         );
     if let Err(e) = router.serve_with_incoming(incoming).await {

@@ -136,11 +136,11 @@ impl Default for NodeConfig {
             initial_cluster: Vec::new(),
             join: false,
             tick_ms: 10,
-            election_ticks: 10,
-            heartbeat_ticks: 2,
+            election_ticks: 50,
+            heartbeat_ticks: 5,
             snapshot_entries: 10_000,
             lease_reads: false,
-            lease_drift_ticks: 2,
+            lease_drift_ticks: 10,
             max_key_bytes: 4 << 10,
             max_value_bytes: 1 << 20,
             max_request_bytes: 4 << 20,
@@ -435,12 +435,16 @@ mod tests {
 
     #[test]
     fn the_sample_config_parses_and_names_every_key() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/quorumkv.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/quorumkv.toml");
         let c = NodeConfig::load(Some(&path), &env(&[]), &[]).unwrap();
         assert_eq!(c, NodeConfig::default(), "the sample shows the defaults");
         let text = std::fs::read_to_string(&path).unwrap();
         for (key, _) in NodeConfig::keys() {
-            assert!(text.contains(&format!("{key} =")), "config/quorumkv.toml does not document `{key}`");
+            assert!(
+                text.contains(&format!("{key} =")),
+                "config/quorumkv.toml does not document `{key}`"
+            );
         }
     }
 

@@ -353,19 +353,18 @@ impl Maintenance for MaintenanceService {
 
 #[cfg(test)]
 mod tests {
-    use quorumkv_storage::mvcc::MemStore;
+    use quorumkv_storage::mvcc::{MemStore, MvccTxn as _};
 
     use super::*;
 
     fn put(store: &MemStore, key: &str, value: &str, index: u64) {
         let mut txn = store.write_txn().expect("txn");
         txn.put(key.as_bytes(), value.as_bytes(), 0).expect("put");
-        quorumkv_storage::mvcc::MvccTxn::commit(txn, index).expect("commit");
+        txn.commit(index).expect("commit");
     }
 
     #[test]
     fn hash_kv_depends_on_history_up_to_the_revision_only() {
-        use quorumkv_storage::mvcc::MvccTxn as _;
         let a = MemStore::new();
         let b = MemStore::new();
         for (i, (k, v)) in [("a", "1"), ("b", "2"), ("a", "3")].into_iter().enumerate() {

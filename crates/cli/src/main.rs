@@ -1,5 +1,6 @@
 //! `quorumkv`: the one user-facing binary.
 
+mod client_cmds;
 mod demo;
 mod server;
 mod sim;
@@ -28,6 +29,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    #[command(flatten)]
+    Client(client_cmds::ClientCommand),
     /// Deterministic simulation sweep of the Raft core under injected faults.
     Sim(sim::SimArgs),
     /// Check a recorded history (JSON lines) for linearizability.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Server(args) => done(server::run(args)),
         Command::Demo(args) => done(demo::run(args)),
         Command::Config { command: ConfigCommand::Dump(args) } => done(server::dump(args)),
+        Command::Client(c) => client_cmds::run(c),
         Command::Sim(args) => sim::run(args),
         Command::Verify { file, model } => {
             let model = match model {

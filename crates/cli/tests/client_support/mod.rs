@@ -1,0 +1,305 @@
+//! A real quorumkv cluster for the Rust client and CLI client-verb tests: `quorumkv server`
+//! processes on free loopback ports, each killed by pid when the cluster drops.
+//!
+//! Every wait has a deadline and polls a condition; nothing sleeps a fixed time to let
+//! something happen. When a test fails, the last lines of every node's log are printed and
+//! the data folder is kept.
+
+#![allow(dead_code)] // Each test binary uses part of this module.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest a cluster may take to elect a leader.
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one `quorumkv` client command may run.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The binary under test.
+pub fn quorumkv_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quorumkv"))
+}
+
+/// Free loopback ports: bound together (so they differ), then released for the servers.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+}
+
+/// Polls `cond` until it holds; panics naming `what` at the deadline.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One server process.
+pub struct Node {
+    /// Member id.
+    pub id: u64,
+    /// Client port (etcd v3 gRPC).
+    pub client: u16,
+    /// Peer port.
+    pub peer: u16,
+    /// HTTP port.
+    pub http: u16,
+    /// Log file (stdout and stderr).
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// `127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client)
+    }
+
+    /// Process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process runs.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of `quorumkv server` processes on loopback.
+pub struct Cluster {
+    /// The nodes, node i+1 at index i.
+    pub nodes: Vec<Node>,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// A minimal HTTP/1.0 GET on loopback; the body if the answer is 200.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.split_whitespace().nth(1).filter(|c| *c == "200").map(|_| body.to_string())
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until one leads.
+    pub fn start(n: u64) -> Cluster {
+        let dir =
+            tempfile::Builder::new().prefix("quorumkv-client-test-").tempdir().expect("tempdir");
+        let ports = free_ports(3 * n as usize);
+        let nodes: Vec<Node> = (0..n as usize)
+            .map(|i| Node {
+                id: i as u64 + 1,
+                client: ports[3 * i],
+                peer: ports[3 * i + 1],
+                http: ports[3 * i + 2],
+                log: dir.path().join(format!("node{}.log", i + 1)),
+                child: None,
+            })
+            .collect();
+        let initial: Vec<String> =
+            nodes.iter().map(|n| format!("{}=127.0.0.1:{}", n.id, n.peer)).collect();
+        let mut cluster = Cluster { nodes, dir: Some(dir) };
+        let data = cluster.dir.as_ref().map(|d| d.path().to_path_buf()).expect("dir");
+        for node in &mut cluster.nodes {
+            let log = std::fs::File::create(&node.log).expect("create the node log");
+            let child = Command::new(quorumkv_bin())
+                .arg("server")
+                .args(["--id", &node.id.to_string(), "--name", &format!("node{}", node.id)])
+                .arg("--data-dir")
+                .arg(data.join(format!("node{}", node.id)))
+                .args(["--client-addr", &node.endpoint()])
+                .args(["--peer-addr", &format!("127.0.0.1:{}", node.peer)])
+                .args(["--http-addr", &format!("127.0.0.1:{}", node.http)])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--log-format", "json"])
+                .env_remove("QUORUMKV_ENDPOINTS")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone the log handle"))
+                .stderr(log)
+                .spawn()
+                .expect("start quorumkv server");
+            node.child = Some(child);
+        }
+        cluster.wait_for_leader();
+        cluster
+    }
+
+    /// Every running node's `/status` JSON, by node index.
+    pub fn statuses(&self) -> Vec<Option<serde_json::Value>> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                if !n.running() {
+                    return None;
+                }
+                http_get(n.http, "/status").and_then(|b| serde_json::from_str(&b).ok())
+            })
+            .collect()
+    }
+
+    /// The id of the node that leads, once one does and every running node agrees.
+    pub fn wait_for_leader(&self) -> u64 {
+        let mut leader = 0;
+        wait_until(LEADER_TIMEOUT, "a leader every running node knows", || {
+            let st = self.statuses();
+            let running = self.nodes.iter().filter(|n| n.running()).count();
+            let leaders: Vec<u64> = st
+                .iter()
+                .flatten()
+                .filter(|s| s["role"] == "leader")
+                .filter_map(|s| s["id"].as_u64())
+                .collect();
+            let agree = st.iter().flatten().count() == running
+                && st.iter().flatten().all(|s| s["leader"].as_u64() == leaders.first().copied());
+            if leaders.len() == 1 && agree {
+                leader = leaders[0];
+                true
+            } else {
+                false
+            }
+        });
+        leader
+    }
+
+    /// Node `id`.
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// The client addresses of all nodes.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::endpoint).collect()
+    }
+
+    /// A running node other than `not`.
+    pub fn other_than(&self, not: u64) -> u64 {
+        self.nodes.iter().find(|n| n.id != not && n.running()).map(|n| n.id).expect("another node")
+    }
+
+    /// SIGKILLs node `id` by its pid and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(mut child) = node.child.take() {
+            // Child::kill sends SIGKILL to this very pid: no cleanup, as in a crash.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `quorumkv ARGS` against this cluster's endpoints, with a deadline.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.push("--endpoints".into());
+        all.push(self.endpoints().join(","));
+        run_cli(&all, "")
+    }
+
+    fn dump_logs(&self) {
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("----- node {} log (last 30 lines of {}) -----", n.id, n.log.display());
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            self.dump_logs();
+            if let Some(dir) = self.dir.take() {
+                eprintln!("data and logs kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// What a `quorumkv` run gave.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status (None: killed at the deadline).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Standard output, failing the test unless the run exited 0.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, Some(0), "quorumkv failed: {self:#?}");
+        self.stdout
+    }
+
+    /// Standard output parsed as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:#?}"))
+    }
+}
+
+/// Runs `quorumkv ARGS` with `stdin`, killed at [`CLI_TIMEOUT`].
+pub fn run_cli(args: &[String], stdin: &str) -> Run {
+    let mut child = Command::new(quorumkv_bin())
+        .args(args)
+        .env_remove("QUORUMKV_ENDPOINTS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start quorumkv");
+    let mut input = child.stdin.take().expect("stdin");
+    let text = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(text.as_bytes());
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    let code = loop {
+        match child.try_wait().expect("wait for quorumkv") {
+            Some(status) => break status.code(),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let _ = writer.join();
+    Run { code, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
+}

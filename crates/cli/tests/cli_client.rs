@@ -184,3 +184,62 @@ fn watch_prints_events_as_they_happen() {
     );
     assert_eq!(events[0]["revision"].as_i64(), Some(start));
 }
+
+#[test]
+fn admin_verbs_add_promote_and_remove_a_node() {
+    let mut cluster = Cluster::start(3);
+    cluster.cli(&["put", "before-join", "1"]).ok();
+    let peer = cluster.spawn_joining(4);
+
+    let out =
+        cluster.cli(&["admin", "add-node", "--id", "4", "--peer-addr", &peer, "--learner"]).ok();
+    assert!(out.contains("added member 4 as a learner"), "{out}");
+    // Adding the same member again is refused, with etcd's reason.
+    let r = cluster.cli(&["admin", "add-node", "--id", "4", "--peer-addr", &peer, "--learner"]);
+    assert_eq!(code(&r), Some(2), "{r:#?}");
+    assert!(r.stderr.contains("already exists"), "{r:#?}");
+
+    let member = |v: &serde_json::Value, id: u64| {
+        v["members"].as_array().and_then(|ms| ms.iter().find(|m| m["id"] == id).cloned())
+    };
+    let wait = Duration::from_secs(60);
+    client_support::wait_until(wait, "the learner to start and catch up", || {
+        let v = cluster.cli(&["status", "--json"]).json();
+        member(&v, 4).is_some_and(|m| {
+            m["reachable"] == true
+                && m["learner"] == true
+                && m["role"] == "learner"
+                && m["healthy"] == true
+        })
+    });
+    // A serializable read from the learner shows the data it received.
+    let mut args: Vec<String> =
+        ["get", "before-join", "--consistency", "serializable"].map(String::from).into();
+    args.extend(["--endpoints".to_string(), cluster.node(4).endpoint()]);
+    assert_eq!(run_cli(&args, "").stdout.trim(), "1");
+
+    let mut promoted = String::new();
+    client_support::wait_until(wait, "the learner to be promoted", || {
+        let r = cluster.cli(&["admin", "promote", "4"]);
+        promoted = r.stdout.clone();
+        r.code == Some(0)
+    });
+    assert!(promoted.contains("member 4 is now a voter"), "{promoted}");
+    client_support::wait_until(wait, "four healthy voters", || {
+        let r = cluster.cli(&["status", "--json"]);
+        let v = r.json();
+        r.code == Some(0)
+            && v["members"].as_array().is_some_and(|ms| {
+                ms.len() == 4 && ms.iter().all(|m| m["learner"] == false && m["healthy"] == true)
+            })
+    });
+
+    let out = cluster.cli(&["admin", "remove-node", "4"]).ok();
+    assert!(out.contains("removed member 4"), "{out}");
+    let v = cluster.cli(&["status", "--json"]).json();
+    assert!(member(&v, 4).is_none(), "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    let r = cluster.cli(&["admin", "remove-node", "4"]);
+    assert_eq!(code(&r), Some(2), "{r:#?}");
+    assert!(r.stderr.contains("member not found"), "{r:#?}");
+}

@@ -78,6 +78,8 @@ impl Node {
 pub struct Cluster {
     /// The nodes, node i+1 at index i.
     pub nodes: Vec<Node>,
+    /// `--initial-cluster` of the founding members.
+    initial: String,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -111,30 +113,60 @@ impl Cluster {
             .collect();
         let initial: Vec<String> =
             nodes.iter().map(|n| format!("{}=127.0.0.1:{}", n.id, n.peer)).collect();
-        let mut cluster = Cluster { nodes, dir: Some(dir) };
-        let data = cluster.dir.as_ref().map(|d| d.path().to_path_buf()).expect("dir");
-        for node in &mut cluster.nodes {
-            let log = std::fs::File::create(&node.log).expect("create the node log");
-            let child = Command::new(quorumkv_bin())
-                .arg("server")
-                .args(["--id", &node.id.to_string(), "--name", &format!("node{}", node.id)])
-                .arg("--data-dir")
-                .arg(data.join(format!("node{}", node.id)))
-                .args(["--client-addr", &node.endpoint()])
-                .args(["--peer-addr", &format!("127.0.0.1:{}", node.peer)])
-                .args(["--http-addr", &format!("127.0.0.1:{}", node.http)])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args(["--log-format", "json"])
-                .env_remove("QUORUMKV_ENDPOINTS")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone the log handle"))
-                .stderr(log)
-                .spawn()
-                .expect("start quorumkv server");
-            node.child = Some(child);
+        let mut cluster = Cluster { nodes, initial: initial.join(","), dir: Some(dir) };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i, false);
         }
         cluster.wait_for_leader();
         cluster
+    }
+
+    /// Starts the process of the node at index `i` (`join`: empty, waiting to be added).
+    fn spawn(&mut self, i: usize, join: bool) {
+        let data = self.dir.as_ref().map(|d| d.path().to_path_buf()).expect("the data folder");
+        let node = &mut self.nodes[i];
+        let log = std::fs::File::create(&node.log).expect("create the node log");
+        let mut cmd = Command::new(quorumkv_bin());
+        cmd.arg("server")
+            .args(["--id", &node.id.to_string(), "--name", &format!("node{}", node.id)])
+            .arg("--data-dir")
+            .arg(data.join(format!("node{}", node.id)))
+            .args(["--client-addr", &node.endpoint()])
+            .args(["--peer-addr", &format!("127.0.0.1:{}", node.peer)])
+            .args(["--http-addr", &format!("127.0.0.1:{}", node.http)])
+            .args(["--initial-cluster", &self.initial])
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log);
+        if join {
+            cmd.args(["--join", "true"]);
+        }
+        // Settings must not leak in from the developer's shell.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("QUORUMKV_") {
+                cmd.env_remove(k);
+            }
+        }
+        node.child = Some(cmd.spawn().expect("start quorumkv server"));
+    }
+
+    /// Starts node `id` on fresh ports, empty and waiting to be added to the cluster;
+    /// answers its peer address.
+    pub fn spawn_joining(&mut self, id: u64) -> String {
+        let ports = free_ports(3);
+        let log = self.dir.as_ref().map(|d| d.path().join(format!("node{id}.log"))).expect("dir");
+        self.nodes.push(Node {
+            id,
+            client: ports[0],
+            peer: ports[1],
+            http: ports[2],
+            log,
+            child: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.spawn(i, true);
+        format!("127.0.0.1:{}", ports[1])
     }
 
     /// Every running node's `/status` JSON, by node index.
@@ -176,7 +208,7 @@ impl Cluster {
 
     /// Node `id`.
     pub fn node(&self, id: u64) -> &Node {
-        &self.nodes[id as usize - 1]
+        self.nodes.iter().find(|n| n.id == id).expect("a node with that id")
     }
 
     /// The client addresses of all nodes.
@@ -191,7 +223,7 @@ impl Cluster {
 
     /// SIGKILLs node `id` by its pid and reaps it.
     pub fn kill(&mut self, id: u64) {
-        let node = &mut self.nodes[id as usize - 1];
+        let node = self.nodes.iter_mut().find(|n| n.id == id).expect("a node with that id");
         if let Some(mut child) = node.child.take() {
             // Child::kill sends SIGKILL to this very pid: no cleanup, as in a crash.
             let _ = child.kill();

@@ -198,7 +198,7 @@ impl Lease for LeaseService {
         &self,
         req: tonic::Request<LeaseGrantRequest>,
     ) -> Result<tonic::Response<LeaseGrantResponse>, Status> {
-        let request = Request::LeaseGrant(req.get_ref().clone());
+        let request = Request::LeaseGrant(*req.get_ref());
         let api = self.api.clone();
         self.write(
             "lease_grant",

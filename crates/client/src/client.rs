@@ -1,7 +1,7 @@
 //! The connection pool, leader discovery and the retry loop every call goes through.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     /// Index (in `candidates()`) of the member that served the last read from any member.
     preferred: AtomicUsize,
     pub(crate) sessions: SessionPool,
+    /// The highest store revision any answer has shown this client.
+    seen_revision: AtomicI64,
     /// State of the jitter generator.
     jitter: AtomicU64,
 }
@@ -150,6 +152,7 @@ impl Client {
                 leader: Mutex::new(None),
                 preferred: AtomicUsize::new(0),
                 sessions: SessionPool::new(),
+                seen_revision: AtomicI64::new(0),
                 jitter: AtomicU64::new(random_u64()),
             }),
             consistency,
@@ -214,6 +217,16 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The highest store revision this client has seen in an answer (0: none yet).
+    pub fn seen_revision(&self) -> i64 {
+        self.inner.seen_revision.load(Relaxed)
+    }
+
+    /// Records a revision an answer showed.
+    pub(crate) fn observe(&self, revision: i64) {
+        self.inner.seen_revision.fetch_max(revision, Relaxed);
     }
 
     /// Takes a session from the pool for one write.

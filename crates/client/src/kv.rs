@@ -29,6 +29,7 @@ impl Client {
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<KeyValue>, Error> {
         let req = RangeRequest { key: key.as_ref().to_vec().into(), ..Default::default() };
         let resp = self.range("get", req).await?;
+        self.observe(resp.header.as_ref().map_or(0, |h| h.revision));
         Ok(resp.kvs.into_iter().next().map(KeyValue::from))
     }
 
@@ -45,6 +46,7 @@ impl Client {
             ..Default::default()
         };
         let resp = self.range("scan", req).await?;
+        self.observe(resp.header.as_ref().map_or(0, |h| h.revision));
         Ok(ScanResult {
             revision: resp.header.as_ref().map_or(0, |h| h.revision),
             more: resp.more,
@@ -117,6 +119,7 @@ impl Client {
                 async move { KvClient::new(ch).put(req).await.map(|r| r.into_inner()) }
             })
             .await?;
+        self.observe(resp.header.as_ref().map_or(0, |h| h.revision));
         Ok(PutResult {
             revision: resp.header.as_ref().map_or(0, |h| h.revision),
             prev: resp.prev_kv.map(KeyValue::from),
@@ -143,6 +146,7 @@ impl Client {
                 async move { KvClient::new(ch).delete_range(req).await.map(|r| r.into_inner()) }
             })
             .await?;
+        self.observe(resp.header.as_ref().map_or(0, |h| h.revision));
         Ok(resp.deleted)
     }
 
@@ -239,6 +243,7 @@ impl Client {
                 async move { KvClient::new(ch).txn(req).await.map(|r| r.into_inner()) }
             })
             .await?;
+        self.observe(resp.header.as_ref().map_or(0, |h| h.revision));
         Ok(resp)
     }
 }

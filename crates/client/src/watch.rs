@@ -31,8 +31,11 @@ pub struct Watch {
 }
 
 impl Client {
-    /// Watches `range` from `from_revision` (None: changes after now). The watch is
-    /// established before this returns, so changes made after it returns are seen.
+    /// Watches `range` from `from_revision`. None means "changes after now", where now is
+    /// the latest revision this client has seen (so a member that lags behind the client's
+    /// own writes does not replay them), or, for a client that has seen none, the serving
+    /// member's current revision. The watch is established before this returns, so changes
+    /// made after it returns are seen.
     pub async fn watch(
         &self,
         range: &KeyRange,
@@ -43,7 +46,11 @@ impl Client {
             client: self.clone(),
             key,
             range_end,
-            next_revision: from_revision.unwrap_or(0).max(0),
+            next_revision: match from_revision {
+                Some(r) => r.max(0),
+                None if self.seen_revision() > 0 => self.seen_revision() + 1,
+                None => 0,
+            },
             floor: 0,
             stream: None,
             pending: VecDeque::new(),
@@ -164,6 +171,7 @@ impl Watch {
                 continue;
             }
             self.next_revision = self.next_revision.max(kv.mod_revision + 1);
+            self.client.observe(kv.mod_revision);
             let kind = match EventType::try_from(e.r#type) {
                 Ok(EventType::Put) => EventKind::Put,
                 Ok(EventType::Delete) => EventKind::Delete,

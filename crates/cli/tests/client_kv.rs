@@ -160,10 +160,13 @@ async fn the_leader_is_found_from_a_follower() {
 async fn a_watch_sees_changes_in_order_and_resumes_after_its_member_dies() {
     let mut cluster = tokio::task::block_in_place(|| Cluster::start(3));
     let c = client(&cluster.endpoints());
-    c.put("w/before", "0").await.expect("put");
+    let before = c.put("w/before", "0").await.expect("put");
 
+    // "From now" starts after the newest revision this client has seen, even when the
+    // member serving the watch has not applied it yet.
     let mut w = c.watch(&KeyRange::prefix("w/"), None).await.expect("watch");
     let start = w.next_revision();
+    assert_eq!(start, before.revision + 1);
     let a = c.put("w/a", "1").await.expect("put");
     c.put("other", "ignored").await.expect("put");
     c.put("w/b", "2").await.expect("put");

@@ -98,6 +98,22 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
 impl Cluster {
     /// Starts `n` nodes and waits until one leads.
     pub fn start(n: u64) -> Cluster {
+        // A port picked free can be taken by another process before the server binds it;
+        // then the whole cluster starts again on new ports.
+        for _ in 0..5 {
+            let mut cluster = Cluster::spawn_all(n);
+            match cluster.wait_started() {
+                Ok(()) => {
+                    cluster.wait_for_leader();
+                    return cluster;
+                }
+                Err(why) => eprintln!("restarting the test cluster on new ports: {why}"),
+            }
+        }
+        panic!("could not start a {n}-node cluster on free ports in 5 attempts")
+    }
+
+    fn spawn_all(n: u64) -> Cluster {
         let dir =
             tempfile::Builder::new().prefix("quorumkv-client-test-").tempdir().expect("tempdir");
         let ports = free_ports(3 * n as usize);
@@ -117,8 +133,34 @@ impl Cluster {
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i, false);
         }
-        cluster.wait_for_leader();
         cluster
+    }
+
+    /// Waits until every node answers on its HTTP port; Err if one lost a port race.
+    fn wait_started(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            for n in &mut self.nodes {
+                let exited = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    n.child = None;
+                    let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                    if log.contains("Address already in use") {
+                        return Err(format!("node {} lost its port ({status})", n.id));
+                    }
+                    let kept = self.dir.take().map(tempfile::TempDir::keep);
+                    panic!(
+                        "node {} exited during start-up ({status}); data kept in {kept:?}:\n{log}",
+                        n.id
+                    );
+                }
+            }
+            if self.nodes.iter().all(|n| http_get(n.http, "/livez").is_some()) {
+                return Ok(());
+            }
+            assert!(Instant::now() < deadline, "the nodes did not start within {LEADER_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts the process of the node at index `i` (`join`: empty, waiting to be added).

@@ -1290,19 +1290,21 @@ impl World {
                 self.schedule(0, Ev::Flap { token, a, b });
             }
             FaultKind::Crash => {
-                let slot = self.rng.range(0, n as u64) as usize;
-                self.crash(slot);
-                self.schedule(duration, Ev::Restart { slot });
+                if !self.disk_damage_pending() {
+                    let slot = self.rng.range(0, n as u64) as usize;
+                    self.crash(slot);
+                    self.schedule(duration, Ev::Restart { slot });
+                }
             }
             FaultKind::Bitflip => self.flip_a_bit(duration),
-            FaultKind::FsyncFail => {
+            FaultKind::FsyncFail if !self.disk_damage_pending() => {
                 let slot = self.rng.range(0, n as u64) as usize;
                 let node = &mut self.nodes[slot];
                 node.disk.fail_next_sync();
                 node.sync_fault_armed = true;
                 self.record(slot, TraceEvent::Nemesis("the next fsync will fail".into()));
             }
-            FaultKind::DiskFull => {
+            FaultKind::DiskFull if !self.disk_damage_pending() => {
                 let slot = self.rng.range(0, n as u64) as usize;
                 if !self.nodes[slot].disk_full {
                     let node = &mut self.nodes[slot];
@@ -1355,6 +1357,7 @@ impl World {
                     }
                 }
             }
+            FaultKind::FsyncFail | FaultKind::DiskFull => {}
             FaultKind::Loss
             | FaultKind::Delay
             | FaultKind::Duplicate
@@ -1366,18 +1369,37 @@ impl World {
         self.schedule(next, Ev::Nemesis);
     }
 
-    /// A machine has a flipped bit or refused to start on one. Until a wipe replaces it, no
-    /// other membership operation may start: shrinking the voters while one of them can
-    /// never come back could leave no quorum.
+    /// A machine has a flipped bit or refused to start on one: it is lost until a wipe
+    /// replaces it. Meanwhile no other membership operation starts (shrinking the voters while
+    /// one of them can never come back could leave no quorum), and no other process is
+    /// stopped: a restarted replica recovers its commit index only from its snapshot and its
+    /// last term or vote change, so it can forget a committed membership change, and with one
+    /// voter gone for good the survivors might then find no quorum they know of.
     fn disk_damage_pending(&self) -> bool {
         self.nodes.iter().any(|n| n.corrupt || n.flipped.is_some())
     }
 
+    /// True if every machine runs and agrees with the leader on a plain membership (no joint
+    /// configuration, no learners), with no disk fault pending: the state in which losing
+    /// one machine for good leaves the others a quorum they all know of.
+    fn cluster_settled(&self) -> bool {
+        let Some(conf) = self.leader_conf() else { return false };
+        if conf.is_joint() || !conf.learners.is_empty() || !conf.learners_next.is_empty() {
+            return false;
+        }
+        self.nodes.iter().all(|n| {
+            n.status == Status::Up
+                && !n.disk_full
+                && !n.sync_fault_armed
+                && n.raft.as_ref().is_some_and(|r| *r.conf_state() == conf)
+        })
+    }
+
     /// Flips one bit in a durable WAL record of a running machine, then crashes it; the
     /// restart must refuse with a corruption error. At most one damaged machine at a time,
-    /// so the rest always hold a quorum.
+    /// and only from a settled cluster, so the rest always hold a quorum.
     fn flip_a_bit(&mut self, restart_after: Time) {
-        if self.membership_busy || self.disk_damage_pending() {
+        if self.membership_busy || self.disk_damage_pending() || !self.cluster_settled() {
             return;
         }
         let slot = self.rng.range(0, self.nodes.len() as u64) as usize;

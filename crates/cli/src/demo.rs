@@ -198,12 +198,11 @@ fn wait_for_leader(cluster: &mut Cluster, args: &DemoArgs) -> anyhow::Result<u64
         }
         for i in 1..=args.nodes {
             let http = format!("127.0.0.1:{}", ports(args.base_port, i).2);
-            if let Ok((200, body)) = http_get(&http, "/status", Duration::from_millis(500)) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
-                    if v["role"] == "leader" {
-                        return Ok(i);
-                    }
-                }
+            if let Ok((200, body)) = http_get(&http, "/status", Duration::from_millis(500))
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
+                && v["role"] == "leader"
+            {
+                return Ok(i);
             }
         }
         std::thread::sleep(Duration::from_millis(100));

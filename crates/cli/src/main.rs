@@ -1,5 +1,6 @@
 //! `quorumkv`: the one user-facing binary.
 
+mod bench;
 mod client_cmds;
 mod demo;
 mod server;
@@ -29,6 +30,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Load generator speaking the etcd v3 API (drives quorumkv and etcd alike).
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(client_cmds::ClientCommand),
     /// Deterministic simulation sweep of the Raft core under injected faults.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Server(args) => done(server::run(args)),
         Command::Demo(args) => done(demo::run(args)),
         Command::Config { command: ConfigCommand::Dump(args) } => done(server::dump(args)),
+        Command::Bench(args) => done(bench::run(args)),
         Command::Client(c) => client_cmds::run(c),
         Command::Sim(args) => sim::run(args),
         Command::Verify { file, model } => {

@@ -68,11 +68,11 @@ pub fn run(args: SimArgs) -> ExitCode {
         if let Some(trace) = &report.trace {
             print!("{trace}");
         }
-        if let Some(path) = &args.history {
-            if let Err(e) = std::fs::write(path, &report.history_lines) {
-                eprintln!("error: cannot write the history to {}: {e}", path.display());
-                return ExitCode::from(2);
-            }
+        if let Some(path) = &args.history
+            && let Err(e) = std::fs::write(path, &report.history_lines)
+        {
+            eprintln!("error: cannot write the history to {}: {e}", path.display());
+            return ExitCode::from(2);
         }
         print_run(&report, true);
         return if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE };

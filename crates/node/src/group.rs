@@ -345,7 +345,7 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
     let epoch = Instant::now();
     let mut lease_clock = LeaseClock::new(Default::default());
-    let members = load_members(&*shared.store, &p.initial_members);
+    let members = load_members(&shared.store, &p.initial_members);
     for m in members.values() {
         p.transport.learn(
             m.id,
@@ -851,7 +851,7 @@ impl Group {
         self.sm.install_snapshot(&mut decoder).map_err(|e| e.to_string())?;
         self.shared.hub.lock().reset(self.sm.revision());
         self.lease_clock.sync_with(self.sm.leases(), self.now_ms());
-        self.members = load_members(&*self.shared.store, &[]);
+        self.members = load_members(&self.shared.store, &[]);
         self.connect_members();
         // Waiting proposals inside the snapshot cannot be matched to their entries any more.
         let covered: Vec<LogIndex> =

@@ -141,7 +141,7 @@ fn recover(
 ) -> Result<(RestoreState, StateMachine<RedbStore>, WalWriter, SnapshotFileStore), StartError> {
     let st = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
     let (mut wal, recovered) =
-        Wal::open(disk.clone(), &cfg.wal_path(), WalOptions::default()).map_err(|e| st(&e))?;
+        Wal::open(disk.clone(), cfg.wal_path(), WalOptions::default()).map_err(|e| st(&e))?;
     if let Some(torn) = &recovered.torn_tail {
         warn!(path = %torn.path.display(), offset = torn.offset, bytes = torn.bytes_dropped, "cut a torn write off the end of the WAL (it was never acknowledged)");
     }
@@ -168,12 +168,12 @@ fn recover(
                 None => None,
             };
             let snap_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
-            if let Some(s) = &snapshot {
-                if sm.applied_index() < snap_index {
-                    info!(index = snap_index, "store is behind the snapshot; installing it");
-                    let mut dec = SnapshotDecoder::new(&s.data[..]).map_err(|e| st(&e))?;
-                    sm.install_snapshot(&mut dec).map_err(|e| st(&e))?;
-                }
+            if let Some(s) = &snapshot
+                && sm.applied_index() < snap_index
+            {
+                info!(index = snap_index, "store is behind the snapshot; installing it");
+                let mut dec = SnapshotDecoder::new(&s.data[..]).map_err(|e| st(&e))?;
+                sm.install_snapshot(&mut dec).map_err(|e| st(&e))?;
             }
             let last = snap_index + g.entries.len() as u64;
             let applied = sm.applied_index().clamp(snap_index, last);

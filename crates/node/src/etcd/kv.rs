@@ -198,7 +198,7 @@ impl Kv for KvService {
         &self,
         req: tonic::Request<CompactionRequest>,
     ) -> Result<tonic::Response<CompactionResponse>, Status> {
-        let request = Request::Compact(req.get_ref().clone());
+        let request = Request::Compact(*req.get_ref());
         let api = self.api.clone();
         self.write(
             "compact",

@@ -241,7 +241,7 @@ pub fn status_of(e: GroupError) -> Status {
 /// Copies the session metadata of `from` onto a forwarded request.
 pub fn forward_request<T>(from: &tonic::Request<T>, body: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(body);
-    for key in [SESSION_HEADER, SEQ_HEADER] {
+    for key in [SESSION_HEADER, SEQ_HEADER, crate::etcd::ops::MEMBER_ID_HEADER] {
         if let Some(v) = from.metadata().get(key) {
             req.metadata_mut().insert(key, v.clone());
         }

@@ -254,7 +254,7 @@ impl Cluster for ClusterService {
             Ok(()) => {}
             Err(e) if !was_forwarded(&req) => match self.leader_client(&e) {
                 Some(mut c) => {
-                    return c.member_remove(forward_request(&req, req.get_ref().clone())).await;
+                    return c.member_remove(forward_request(&req, *req.get_ref())).await;
                 }
                 None => return Err(status_of(e)),
             },
@@ -335,7 +335,7 @@ impl Cluster for ClusterService {
             Ok(()) => {}
             Err(e) if !was_forwarded(&req) => match self.leader_client(&e) {
                 Some(mut c) => {
-                    return c.member_promote(forward_request(&req, req.get_ref().clone())).await;
+                    return c.member_promote(forward_request(&req, *req.get_ref())).await;
                 }
                 None => return Err(status_of(e)),
             },

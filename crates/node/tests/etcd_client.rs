@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use quorumkv_etcd_proto::etcdserverpb::auth_client::AuthClient;
 use quorumkv_etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use quorumkv_etcd_proto::etcdserverpb::kv_client::KvClient;
 use quorumkv_etcd_proto::etcdserverpb::lease_client::LeaseClient;
@@ -17,10 +18,11 @@ use quorumkv_etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use quorumkv_etcd_proto::etcdserverpb::watch_client::WatchClient;
 use quorumkv_etcd_proto::etcdserverpb::watch_create_request::FilterType;
 use quorumkv_etcd_proto::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest,
-    LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
-    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCancelRequest, WatchCreateRequest,
-    WatchProgressRequest, WatchRequest, WatchResponse, request_op, response_op, watch_request,
+    AuthStatusRequest, AuthUserAddRequest, AuthenticateRequest, CompactionRequest, Compare,
+    DeleteRangeRequest, HashKvRequest, HashRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest,
+    WatchRequest, WatchResponse, request_op, response_op, watch_request,
 };
 use quorumkv_etcd_proto::mvccpb::event::EventType;
 use quorumkv_node::{NodeConfig, RunningNode};
@@ -429,4 +431,39 @@ async fn scenario() {
         hashes.push(h.hash);
     }
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    // The whole-store hash agrees too once every member applied the same log.
+    let mut whole = Vec::new();
+    for i in 0..3 {
+        let mut m = MaintenanceClient::new(c.channel(i).await);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let h = loop {
+            let h = m.hash(HashRequest {}).await.expect("hash").into_inner();
+            if h.header.map(|h| h.revision) == Some(rev) {
+                break h.hash;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "member {i} never reached {rev}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        whole.push(h);
+    }
+    assert!(whole.iter().all(|h| *h == whole[0]), "{whole:?}");
+
+    // Authentication is off, and says so; managing users is not supported.
+    let mut auth = AuthClient::new(follower.clone());
+    let st = auth.auth_status(AuthStatusRequest {}).await.expect("auth status").into_inner();
+    assert!(!st.enabled);
+    let err = auth
+        .authenticate(AuthenticateRequest { name: "root".into(), password: "x".into() })
+        .await
+        .expect_err("not enabled");
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::FailedPrecondition, "etcdserver: authentication is not enabled")
+    );
+    let err = auth
+        .user_add(AuthUserAddRequest { name: "alice".into(), ..Default::default() })
+        .await
+        .expect_err("not supported");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("not supported"), "{err}");
 }

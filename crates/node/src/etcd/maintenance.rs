@@ -10,8 +10,10 @@
 //!   current revision, which is what `etcdctl endpoint hashkv --cluster` compares. The
 //!   response carries the compacted revision, so hashes are only compared between equal
 //!   compactions, as etcd's are.
-//! - `Hash` also covers the store's metadata (leases, sessions, members): etcd's "whole
-//!   backend" hash, for tests.
+//! - `Hash` also covers the store's replicated metadata (the lease and session tables):
+//!   etcd's "whole backend" hash, for tests. The member directory is left out: each node
+//!   fills in addresses from its own view (its own client address, peers' as learned), so
+//!   it is not the same bytes on every member.
 //! - `Snapshot` streams the store's point-in-time snapshot image (the `quorumkv-storage`
 //!   snapshot format, checksummed, as `docs/FORMAT.md` describes) in etcd's envelope:
 //!   etcd sends its database file, a multiple of 512 bytes, then the SHA-256 of it, and
@@ -53,6 +55,10 @@ const SNAPSHOT_CHUNK_BYTES: usize = 32 << 10;
 const SNAPSHOT_BUFFER: usize = 8;
 
 static SPOOL_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The metadata entry under which the group keeps its member directory (see the module
+/// rules for why `Hash` leaves it out).
+const MEMBER_DIRECTORY_META: &[u8] = b"quorumkv/members";
 
 /// What a hash covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +127,9 @@ pub fn hash_store<S: MvccStore + ?Sized>(
         let more = image.next_records(1 << 20, &mut records)?;
         for rec in &records {
             match rec {
-                ImageRecord::Meta { name, value } if upto.is_none() => {
+                ImageRecord::Meta { name, value }
+                    if upto.is_none() && name.as_ref() != MEMBER_DIRECTORY_META =>
+                {
                     h = feed(h, b"meta");
                     h = feed(h, name);
                     h = feed(h, value);

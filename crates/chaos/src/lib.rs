@@ -224,7 +224,8 @@ pub async fn run(opts: Options) -> Result<Summary, ChaosError> {
         () = interrupted() => Err(ChaosError::Interrupted),
     };
     // The guard: whatever happened, every process this run started is killed now.
-    if let Some(c) = cluster_slot.lock().take() {
+    let cluster = cluster_slot.lock().take();
+    if let Some(c) = cluster {
         c.lock().await.kill_all();
     }
     result
@@ -273,7 +274,7 @@ fn progress_task(
             if tty {
                 let shown: String = line.chars().take(150).collect();
                 let _ = write!(err, "\r\x1b[2K{shown}");
-            } else if tick % 20 == 0 {
+            } else if tick.is_multiple_of(20) {
                 let _ = writeln!(err, "{line}");
             }
             let _ = err.flush();

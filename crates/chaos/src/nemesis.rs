@@ -164,7 +164,7 @@ impl Nemesis {
             cluster,
             channels,
             kinds,
-            rng: Rng::new(seed ^ 0x4e45_4d45_5349_53),
+            rng: Rng::new(seed ^ 0x004e_454d_4553_4953),
             t0,
             now: Arc::new(Mutex::new(String::new())),
             injected: Arc::new(AtomicU64::new(0)),

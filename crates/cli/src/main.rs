@@ -1,6 +1,7 @@
 //! `quorumkv`: the one user-facing binary.
 
 mod bench;
+mod check;
 mod client_cmds;
 mod demo;
 mod server;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(client_cmds::ClientCommand),
+    /// Fault injection against real server processes (Jepsen-style), with a report.
+    Check(check::CheckArgs),
     /// Deterministic simulation sweep of the Raft core under injected faults.
     Sim(sim::SimArgs),
     /// Check a recorded history (JSON lines) for linearizability.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Config { command: ConfigCommand::Dump(args) } => done(server::dump(args)),
         Command::Bench(args) => done(bench::run(args)),
         Command::Client(c) => client_cmds::run(c),
+        Command::Check(args) => check::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Verify { file, model } => {
             let model = match model {

@@ -239,7 +239,7 @@ async fn writer(
     writers: u64,
     acked: Arc<Mutex<Vec<Acked>>>,
 ) {
-    let mut rng = Rng::new(ctx.seed ^ 0x5741_5443_48 ^ w);
+    let mut rng = Rng::new(ctx.seed ^ 0x0057_4154_4348 ^ w);
     let mut process = w;
     let mut session = Session::new(ctx.session_id("watch", process));
     let mut n = 0u64;

@@ -1,9 +1,13 @@
 //! Benchmarks of the state machine: apply throughput (puts through `StateMachine::apply` on
-//! `MemStore`, with and without client sessions, and 10-op txns) and watch fan-out (one hub
-//! with 10,000 watchers). Short measurement windows keep a full run around a minute.
+//! `MemStore`, with and without client sessions, and 10-op txns), batched apply throughput
+//! (`StateMachine::apply_batch` with 1, 16 and 128 entries per store transaction, on
+//! `MemStore` and on `RedbStore` without fsync on commit, as a node runs it) and watch fan-out
+//! (one hub with 10,000 watchers). Short measurement windows keep a full run around two
+//! minutes.
 //!
 //! `cargo bench -p quorumkv-kv --bench kv`; `-- --test` runs each once (CI).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +17,10 @@ use quorumkv_kv::proto::etcdserverpb::{PutRequest, RequestOp, TxnRequest, reques
 use quorumkv_kv::{
     Config, Request, StateMachine, WatchConfig, WatchHub, WatchSpec, command, encode_command,
 };
-use quorumkv_storage::mvcc::{Event, EventKind, KeyValue, MemStore};
+use quorumkv_storage::disk::RealDisk;
+use quorumkv_storage::mvcc::{
+    CommitDurability, Event, EventKind, KeyValue, MemStore, MvccStore, RedbOptions, RedbStore,
+};
 
 const BATCH: u64 = 1_000;
 
@@ -75,6 +82,87 @@ fn apply(c: &mut Criterion) {
             BatchSize::PerIteration,
         );
     });
+    g.finish();
+}
+
+/// Entries per measured iteration of the batched benchmarks.
+const BATCHED_ENTRIES: u64 = 1_024;
+
+/// A fresh redb store in its own directory, committing without fsync (the node's mode: the
+/// write-ahead log makes entries durable). The directory goes with the returned guard.
+struct RedbBench {
+    store: Arc<RedbStore>,
+    dir: PathBuf,
+}
+
+impl RedbBench {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("qkv-kv-bench-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        let options = RedbOptions {
+            durability: CommitDurability::Deferred { sync_every_commits: 0 },
+            cache_bytes: 64 << 20,
+        };
+        let store = RedbStore::open(Arc::new(RealDisk::new()), &dir.join("state.redb"), options)
+            .expect("open redb");
+        Self { store: Arc::new(store), dir }
+    }
+}
+
+impl Drop for RedbBench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Applies `cmds` (entries 1, 2, ...) in batches of `batch`.
+fn apply_in_batches<S: MvccStore>(sm: &mut StateMachine<S>, cmds: &[Vec<u8>], batch: usize) {
+    let entries: Vec<(u64, &[u8])> =
+        cmds.iter().enumerate().map(|(i, c)| (i as u64 + 1, c.as_slice())).collect();
+    for chunk in entries.chunks(batch) {
+        for outcome in sm.apply_batch(chunk).expect("apply batch") {
+            outcome.expect("entry applies");
+        }
+    }
+}
+
+fn apply_batched(c: &mut Criterion) {
+    let mut g = c.benchmark_group("apply_batch");
+    g.throughput(Throughput::Elements(BATCHED_ENTRIES));
+    // Puts from 64 client sessions, as a loaded node sees them: each entry also updates its
+    // session's stored reply and bucket.
+    let cmds: Vec<Vec<u8>> =
+        (0..BATCHED_ENTRIES).map(|i| put_cmd(1 + i % 64, 1 + i / 64, i)).collect();
+    for batch in [1usize, 16, 128] {
+        g.bench_function(format!("mem_put_session/{batch}"), |bench| {
+            bench.iter_batched(
+                || StateMachine::open(Arc::new(MemStore::new()), Config::default()).expect("open"),
+                |mut sm| {
+                    apply_in_batches(&mut sm, &cmds, batch);
+                    sm
+                },
+                BatchSize::PerIteration,
+            );
+        });
+        g.bench_function(format!("redb_no_fsync_put_session/{batch}"), |bench| {
+            bench.iter_batched(
+                || {
+                    let redb = RedbBench::new();
+                    let sm = StateMachine::open(Arc::clone(&redb.store), Config::default())
+                        .expect("open");
+                    (sm, redb)
+                },
+                |(mut sm, redb)| {
+                    apply_in_batches(&mut sm, &cmds, batch);
+                    (sm, redb)
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
     g.finish();
 }
 
@@ -183,6 +271,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = apply, watch_fanout
+    targets = apply, apply_batched, watch_fanout
 }
 criterion_main!(benches);

@@ -135,12 +135,10 @@ impl SessionTable {
         }
     }
 
-    /// The stored reply of a session's last command.
-    pub(crate) fn load_reply<S: MvccStore + ?Sized>(
-        store: &S,
-        id: u64,
-    ) -> Result<CommandResponse, MvccError> {
-        let raw = store
+    /// The stored reply of a session's last command, as `txn` sees it (the command may have
+    /// been applied earlier in the same transaction).
+    pub(crate) fn load_reply<T: MvccTxn>(txn: &T, id: u64) -> Result<CommandResponse, MvccError> {
+        let raw = txn
             .get_meta(&reply_meta_name(id))?
             .ok_or_else(|| MvccError::Corrupt(format!("session {id} has no stored reply")))?;
         let reply = SessionReply::decode(raw).map_err(|e| {

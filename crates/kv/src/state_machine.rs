@@ -1,15 +1,25 @@
 //! [`StateMachine`]: what every CP replica applies, in log order, on top of an `MvccStore`.
 //!
 //! Rules this module keeps:
-//! - One applied log entry = one store write transaction, committed with the entry's index,
-//!   whatever happens: a command that fails deterministically, a retry, a stale or malformed
-//!   command all still move the applied index, so a restart replays only the log suffix.
+//! - Entries are applied in batches ([`StateMachine::apply_batch`]; [`StateMachine::apply`] is
+//!   a batch of one): one store write transaction per batch, each entry sealed as a command of
+//!   its own ([`MvccTxn::seal`]) so it gets its own revision, events and answer, and one
+//!   commit with the last entry's index. Every entry counts as applied whatever happens to it:
+//!   a command that fails deterministically, a retry, a stale or malformed command all still
+//!   move the applied index, so a restart replays only the log suffix.
+//! - Batching never changes an outcome: an entry sees the store exactly as it would after
+//!   the entries before it were committed one by one (reads, compacted revision and session
+//!   replies come from the transaction), and a deterministic failure undoes only its own
+//!   entry's changes ([`MvccTxn::rollback_to_seal`]). Replicas may cut the log into different
+//!   batches and still agree byte for byte.
 //! - All state is in the store: data, leases and sessions (metadata written in the same
 //!   transaction). The in-memory tables are caches rebuilt by [`StateMachine::open`] and
 //!   [`StateMachine::reload`]. So a snapshot of the store is a snapshot of the state machine.
 //! - Deterministic failures ([`ApplyError::Rejected`]) leave nothing behind but the applied
 //!   index and the session's stored answer; fatal ones poison the state machine: every later
-//!   call fails until the node restarts and reopens it.
+//!   call fails until the node restarts and reopens it (or calls [`StateMachine::reload`]).
+//!   A fatal error in a batch commits none of it, while the in-memory tables have already
+//!   taken the entries before it: poisoning is what keeps them from being used that way.
 //! - The answers' header revision is the store revision after the command; the API layer
 //!   fills in cluster id, member id and Raft term.
 //!
@@ -33,7 +43,7 @@ use quorumkv_core::LogIndex;
 use quorumkv_etcd_proto::etcdserverpb::{
     LeaseLeasesResponse, LeaseStatus, LeaseTimeToLiveResponse, RangeRequest, RangeResponse,
 };
-use quorumkv_storage::mvcc::{Event, MvccStore, MvccTxn};
+use quorumkv_storage::mvcc::{Event, MvccError, MvccStore, MvccTxn};
 use quorumkv_storage::snapshot::{SnapshotDecoder, SnapshotError, SnapshotHeader, install};
 
 use crate::command::{
@@ -169,42 +179,96 @@ impl<S: MvccStore> StateMachine<S> {
     }
 
     /// Applies the log entry at `index` (entries strictly in order; gaps are allowed for
-    /// entries that carry no command, such as membership changes).
+    /// entries that carry no command, such as membership changes). A batch of one: see
+    /// [`StateMachine::apply_batch`].
     ///
     /// `Ok` for a command that ran, a retry and a stale command; `Err(Rejected)` for a
     /// deterministic failure (also when a retried command had failed); any other `Err` is
     /// fatal.
     pub fn apply(&mut self, index: LogIndex, data: &[u8]) -> Result<ApplyOutcome, ApplyError> {
+        let mut outcomes = self.apply_batch(&[(index, data)])?;
+        outcomes.pop().ok_or_else(|| {
+            ApplyError::Store(MvccError::Corrupt("a batch of one entry gave no outcome".into()))
+        })?
+    }
+
+    /// Applies log entries in one store write transaction, committed once with the last
+    /// entry's index. Indexes must increase (gaps are allowed: entries that carry no command,
+    /// such as membership changes, are applied elsewhere) and start above the applied index.
+    ///
+    /// Returns one result per entry, in order, each exactly what [`StateMachine::apply`]
+    /// would have returned for it had the entries been applied one by one: `Ok` for a command
+    /// that ran, a retry and a stale command, `Err(Rejected)` for a deterministic failure
+    /// (an entry with empty data, as a Raft leader's no-op has, is malformed and answered so).
+    /// The outer `Err` is fatal and nothing of the batch is committed: `OutOfOrder` (a caller
+    /// bug, the state machine is left as it was) or a store failure (the state machine is
+    /// poisoned). Answer clients only after this returns: until then nothing is committed.
+    pub fn apply_batch(
+        &mut self,
+        entries: &[(LogIndex, &[u8])],
+    ) -> Result<Vec<Result<ApplyOutcome, ApplyError>>, ApplyError> {
         if self.poisoned {
             return Err(ApplyError::Poisoned);
         }
-        let applied = self.store.applied_index();
-        if index <= applied {
-            return Err(ApplyError::OutOfOrder { index, applied });
+        let Some(&(last, _)) = entries.last() else {
+            return Ok(Vec::new());
+        };
+        let mut applied = self.store.applied_index();
+        for &(index, _) in entries {
+            if index <= applied {
+                return Err(ApplyError::OutOfOrder { index, applied });
+            }
+            applied = index;
         }
-        let result = self.apply_entry(index, data);
-        if let Err(e) = &result
-            && !e.is_deterministic()
-        {
+        let result = self.apply_in_one_txn(entries, last);
+        if result.is_err() {
+            // The tables may hold entries whose transaction was never committed.
             self.poisoned = true;
         }
         result
     }
 
-    fn apply_entry(&mut self, index: LogIndex, data: &[u8]) -> Result<ApplyOutcome, ApplyError> {
+    fn apply_in_one_txn(
+        &mut self,
+        entries: &[(LogIndex, &[u8])],
+        last: LogIndex,
+    ) -> Result<Vec<Result<ApplyOutcome, ApplyError>>, ApplyError> {
+        let store = Arc::clone(&self.store);
+        let mut txn = store.write_txn().map_err(ApplyError::Store)?;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for &(index, data) in entries {
+            match self.apply_entry(&mut txn, index, data) {
+                // Dropping `txn` on the way out discards the whole batch.
+                Err(e) if !e.is_deterministic() => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        let commit = txn.commit(last).map_err(ApplyError::Store)?;
+        debug_assert!(commit.events.is_empty(), "every entry was sealed before the commit");
+        Ok(outcomes)
+    }
+
+    /// Applies one entry inside `txn` and seals it. `Err` is deterministic (the entry is
+    /// answered with it) unless `is_deterministic` says otherwise (the batch must stop).
+    fn apply_entry<T: MvccTxn>(
+        &mut self,
+        txn: &mut T,
+        index: LogIndex,
+        data: &[u8],
+    ) -> Result<ApplyOutcome, ApplyError> {
         let cmd = match decode_command(data) {
             Ok(cmd) => cmd,
             Err(e) => {
-                self.commit_nothing(index)?;
+                self.seal_nothing(txn, index)?;
                 return Err(e.into());
             }
         };
         let (session, seq) = (cmd.session, cmd.seq);
-        let unchanged = |store: &S, result| ApplyOutcome {
+        let unchanged = |revision, result| ApplyOutcome {
             session,
             seq,
             result,
-            revision: store.current_revision(),
+            revision,
             events: Vec::new(),
             lease_changes: Vec::new(),
         };
@@ -212,43 +276,40 @@ impl<S: MvccStore> StateMachine<S> {
             match self.sessions.check(session, seq) {
                 SessionCheck::Fresh => {}
                 SessionCheck::Duplicate => {
-                    let stored = SessionTable::load_reply(&*self.store, session)
-                        .map_err(ApplyError::Store)?;
+                    let stored =
+                        SessionTable::load_reply(&*txn, session).map_err(ApplyError::Store)?;
                     let reply = decode_reply(stored).ok_or_else(|| {
-                        ApplyError::Store(quorumkv_storage::mvcc::MvccError::Corrupt(format!(
+                        ApplyError::Store(MvccError::Corrupt(format!(
                             "session {session}'s stored reply is of an unknown kind"
                         )))
                     })?;
-                    self.commit_nothing(index)?;
+                    let revision = self.seal_nothing(txn, index)?;
                     return match reply {
-                        Ok(response) => {
-                            Ok(unchanged(&self.store, CommandResult::Duplicate(response)))
-                        }
+                        Ok(response) => Ok(unchanged(revision, CommandResult::Duplicate(response))),
                         Err(e) => Err(e.into()),
                     };
                 }
                 SessionCheck::Stale { last_seq } => {
-                    self.commit_nothing(index)?;
-                    return Ok(unchanged(&self.store, CommandResult::Stale { last_seq }));
+                    let revision = self.seal_nothing(txn, index)?;
+                    return Ok(unchanged(revision, CommandResult::Stale { last_seq }));
                 }
                 SessionCheck::Expired => {
-                    self.commit_nothing(index)?;
+                    self.seal_nothing(txn, index)?;
                     return Err(EtcdError::SessionExpired.into());
                 }
             }
         }
 
-        let store = Arc::clone(&self.store);
-        let compacted = store.compacted_revision();
+        // The compacted revision as this entry would see it after the earlier ones committed.
+        let compacted = txn.compacted_revision();
         let exec_config = ExecConfig {
             limits: Limits { max_txn_ops: self.config.max_txn_ops },
             lease_ttl_min_secs: self.config.lease_ttl_min_secs,
         };
-        let mut txn = store.write_txn().map_err(ApplyError::Store)?;
         let ran = match &cmd.request {
             None => Err(ExecError::Etcd(EtcdError::MalformedCommand)),
             Some(request) => {
-                let mut exec = Exec::new(&mut txn, &self.leases, exec_config, compacted);
+                let mut exec = Exec::new(&mut *txn, &self.leases, exec_config, compacted);
                 exec.run(index, request).map(|response| (response, exec.effects))
             }
         };
@@ -256,47 +317,46 @@ impl<S: MvccStore> StateMachine<S> {
             Ok((response, effects)) => (Ok(response), effects),
             Err(ExecError::Etcd(e)) => {
                 // Drop every change the request made; keep only the bookkeeping below.
-                drop(txn);
-                txn = store.write_txn().map_err(ApplyError::Store)?;
+                txn.rollback_to_seal().map_err(ApplyError::Store)?;
                 (Err(e), Vec::new())
             }
             Err(ExecError::Fatal(e)) => return Err(ApplyError::Store(e)),
         };
 
         // From here on nothing can fail deterministically: update the tables in memory and
-        // in the transaction, then commit.
-        let lease_changes = self.apply_effects(&mut txn, &effects)?;
+        // in the transaction, then seal.
+        let lease_changes = self.apply_effects(txn, &effects)?;
         if session != 0 {
             self.sessions
-                .record(&mut txn, session, seq, index, encode_reply(&result))
+                .record(txn, session, seq, index, encode_reply(&result))
                 .map_err(ApplyError::Store)?;
         }
-        self.evict_sessions(&mut txn, index)?;
-        let commit = txn.commit(index).map_err(ApplyError::Store)?;
+        self.evict_sessions(txn, index)?;
+        let sealed = txn.seal().map_err(ApplyError::Store)?;
         let response = result?;
         debug_assert!(
-            response.revision() == commit.revision,
-            "header revision {} but the store committed at {}",
+            response.revision() == sealed.revision,
+            "header revision {} but the store sealed at {}",
             response.revision(),
-            commit.revision
+            sealed.revision
         );
         Ok(ApplyOutcome {
             session,
             seq,
             result: CommandResult::Applied(response),
-            revision: commit.revision,
-            events: commit.events,
+            revision: sealed.revision,
+            events: sealed.events,
             lease_changes,
         })
     }
 
-    /// Commits an entry that changes nothing but the applied index (and evictions).
-    fn commit_nothing(&mut self, index: LogIndex) -> Result<(), ApplyError> {
-        let store = Arc::clone(&self.store);
-        let mut txn = store.write_txn().map_err(ApplyError::Store)?;
-        self.evict_sessions(&mut txn, index)?;
-        txn.commit(index).map_err(ApplyError::Store)?;
-        Ok(())
+    /// Seals an entry that changes nothing but the session table's evictions; returns the
+    /// (unchanged) revision.
+    fn seal_nothing<T: MvccTxn>(&mut self, txn: &mut T, index: LogIndex) -> Result<i64, ApplyError> {
+        self.evict_sessions(txn, index)?;
+        let sealed = txn.seal().map_err(ApplyError::Store)?;
+        debug_assert!(sealed.events.is_empty(), "an entry that changed nothing has events");
+        Ok(sealed.revision)
     }
 
     fn evict_sessions<T: MvccTxn>(
@@ -399,7 +459,7 @@ impl<S: MvccStore> StateMachine<S> {
         self.reload().map_err(|e| match e {
             ApplyError::Store(m) => SnapshotError::Store(m),
             other => {
-                SnapshotError::Store(quorumkv_storage::mvcc::MvccError::Corrupt(other.to_string()))
+                SnapshotError::Store(MvccError::Corrupt(other.to_string()))
             }
         })?;
         Ok(header)

@@ -1,5 +1,7 @@
-//! MVCC store throughput: puts (1 and 100 per transaction, 256-byte values), point gets, and
-//! snapshot create + restore, for MemStore and RedbStore (real files in a temp directory).
+//! MVCC store throughput: puts (1 and 100 per transaction, 256-byte values), commands of one
+//! put each sealed in transactions of 1, 16 and 128 commands (one revision per command, as a
+//! state machine applies a batch of log entries), point gets, and snapshot create + restore,
+//! for MemStore and RedbStore (real files in a temp directory).
 //!
 //! Bounded: every benchmark samples for about two seconds. Run with
 //! `cargo bench -p quorumkv-storage --bench mvcc`; `-- --test` runs each once as a smoke test.
@@ -53,6 +55,38 @@ fn put_batch<S: MvccStore>(store: &S, next: &mut u64, batch: u64, value: &[u8]) 
         *next += 1;
     }
     txn.commit(*next).expect("commit");
+}
+
+/// Commits `batch` commands of one put each, every command sealed as its own revision.
+fn sealed_batch<S: MvccStore>(store: &S, next: &mut u64, batch: u64, value: &[u8]) {
+    let mut txn = store.write_txn().expect("txn");
+    for _ in 0..batch {
+        txn.put(&key(*next), value, 0).expect("put");
+        txn.seal().expect("seal");
+        *next += 1;
+    }
+    txn.commit(*next).expect("commit");
+}
+
+fn sealed(c: &mut Criterion) {
+    let value = vec![42u8; VALUE_BYTES];
+    let mut group = c.benchmark_group("mvcc_sealed_commands");
+    for batch in [1u64, 16, 128] {
+        group.throughput(Throughput::Elements(batch));
+        let mem = MemStore::new();
+        let mut next = 0;
+        group.bench_function(BenchmarkId::new("mem", batch), |b| {
+            b.iter(|| sealed_batch(&mem, &mut next, batch, &value));
+        });
+        let (store, dir) = redb("sealed", NO_FSYNC);
+        let mut next = 0;
+        group.bench_function(BenchmarkId::new("redb_no_fsync", batch), |b| {
+            b.iter(|| sealed_batch(&store, &mut next, batch, &value));
+        });
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    group.finish();
 }
 
 fn preload<S: MvccStore>(store: &S) {
@@ -168,6 +202,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = puts, gets, snapshots
+    targets = puts, sealed, gets, snapshots
 }
 criterion_main!(benches);

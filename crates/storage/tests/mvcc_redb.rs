@@ -1,6 +1,7 @@
 //! RedbStore beyond the conformance suite: crash recovery to a consistent prefix (simulated
-//! power loss at many points, and a real killed process), durability modes, and reads that do
-//! not wait for a writer.
+//! power loss at many points, and a real killed process), durability modes (the node's mode
+//! too: batches of sealed entries per transaction, no fsync on commit, a sync now and then),
+//! and reads that do not wait for a writer.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,25 @@ fn apply(store: &RedbStore, index: u64) -> Result<(), quorumkv_storage::mvcc::Mv
     txn.put(key.as_bytes(), &index.to_le_bytes(), 0)?;
     txn.set_meta(b"last", &index.to_le_bytes())?;
     txn.commit(index)?;
+    Ok(())
+}
+
+/// Applies entries `first..=last` in one transaction, each sealed as its own command, as a
+/// state machine applies a batch of log entries.
+fn apply_batch(
+    store: &RedbStore,
+    first: u64,
+    last: u64,
+) -> Result<(), quorumkv_storage::mvcc::MvccError> {
+    let mut txn = store.write_txn()?;
+    for index in first..=last {
+        let key = format!("k{}", index % KEYS);
+        txn.put(key.as_bytes(), &index.to_le_bytes(), 0)?;
+        txn.set_meta(b"last", &index.to_le_bytes())?;
+        let sealed = txn.seal()?;
+        assert_eq!(sealed.revision, index as i64 + 1, "one revision per entry");
+    }
+    txn.commit(last)?;
     Ok(())
 }
 
@@ -106,6 +126,84 @@ fn power_loss_at_any_point_recovers_a_consistent_prefix() {
     }
     // The cuts landed at different places: some early, some late.
     assert!(recovered.iter().any(|&a| a < 8) && recovered.iter().any(|&a| a >= 16));
+}
+
+/// The node's mode: batches of entries per transaction, no fsync on any commit, a `sync` every
+/// few batches (as when the node takes a snapshot). Power cut anywhere: the store comes back
+/// at a whole batch no older than the last sync, with data and applied index agreeing.
+#[test]
+fn power_loss_without_commit_fsyncs_recovers_a_consistent_prefix() {
+    const BATCH: u64 = 5;
+    const BATCHES: u64 = 12;
+    let mode = CommitDurability::ON_SYNC_ONLY;
+    let run = |store: &RedbStore, synced: &mut u64| {
+        for b in 0..BATCHES {
+            let (first, last) = (b * BATCH + 1, (b + 1) * BATCH);
+            if apply_batch(store, first, last).is_err() {
+                return;
+            }
+            if b % 3 == 2 {
+                if store.sync().is_err() {
+                    return;
+                }
+                *synced = last;
+            }
+        }
+    };
+    let total = {
+        let disk = sim_disk(21);
+        let store =
+            RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(mode)).expect("open");
+        run(&store, &mut 0);
+        assert_eq!(assert_consistent(&store), BATCH * BATCHES);
+        disk.stats().mutations
+    };
+    let mut recovered = Vec::new();
+    for (n, cut) in (0..total).step_by((total as usize / 40).max(1)).enumerate() {
+        let disk = sim_disk(n as u64 + 200);
+        let mut synced = 0;
+        {
+            let store = RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(mode))
+                .expect("open");
+            disk.power_off_after(cut);
+            run(&store, &mut synced);
+        }
+        disk.crash_with(CrashMode::Random);
+        let store = RedbStore::open(Arc::new(disk), Path::new(DB), options(mode)).expect("reopen");
+        let applied = assert_consistent(&store);
+        assert!(
+            applied >= synced,
+            "cut at mutation {cut}: applied {applied} lost the synced batch ending at {synced}"
+        );
+        assert_eq!(applied % BATCH, 0, "cut at mutation {cut}: recovered inside a batch");
+        recovered.push(applied);
+        apply_batch(&store, applied + 1, applied + BATCH).expect("apply after recovery");
+        assert_consistent(&store);
+    }
+    assert!(recovered.iter().any(|&a| a < 20) && recovered.iter().any(|&a| a >= 40));
+}
+
+/// Without a sync, unsynced batches are all lost together, back to the last sync, and the
+/// store replays from there.
+#[test]
+fn unsynced_batches_are_lost_back_to_the_last_sync() {
+    let disk = sim_disk(22);
+    let mode = CommitDurability::ON_SYNC_ONLY;
+    {
+        let store =
+            RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(mode)).expect("open");
+        apply_batch(&store, 1, 16).expect("batch");
+        apply_batch(&store, 17, 20).expect("batch");
+        store.sync().expect("sync");
+        apply_batch(&store, 21, 40).expect("batch");
+        apply_batch(&store, 41, 41).expect("batch");
+        assert_eq!(assert_consistent(&store), 41);
+        disk.crash_with(CrashMode::LoseUnsynced);
+    }
+    let store = RedbStore::open(Arc::new(disk), Path::new(DB), options(mode)).expect("reopen");
+    assert_eq!(assert_consistent(&store), 20);
+    apply_batch(&store, 21, 30).expect("replay");
+    assert_eq!(assert_consistent(&store), 30);
 }
 
 #[test]
@@ -209,6 +307,77 @@ fn crash_child_writer() {
             break;
         }
     }
+}
+
+/// Child side of [`killed_process_without_commit_fsyncs_recovers_a_consistent_prefix`]:
+/// batches of 8 sealed entries, no fsync on commit, a sync every 4 batches; until killed.
+#[test]
+fn crash_child_batch_writer() {
+    let Ok(path) = std::env::var("QKV_MVCC_CRASH_CHILD_BATCH_DB") else {
+        return; // Only runs as the child of the kill test.
+    };
+    let store = RedbStore::open(
+        Arc::new(RealDisk::new()),
+        Path::new(&path),
+        options(CommitDurability::ON_SYNC_ONLY),
+    )
+    .expect("open");
+    let started = Instant::now();
+    // Bounded: the parent kills it long before either limit.
+    for batch in 0..20_000u64 {
+        let (first, last) = (batch * 8 + 1, (batch + 1) * 8);
+        apply_batch(&store, first, last).expect("apply");
+        if batch % 4 == 3 {
+            store.sync().expect("sync");
+            println!("synced {last}");
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+}
+
+/// Runs the child test `name` with `env` naming the database, reads its "synced N" lines
+/// until N >= `enough`, kills it, and returns the last N.
+fn run_child_until_killed(name: &str, env: &str, db: &Path, enough: u64) -> u64 {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut synced = 0u64;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("child output");
+        if let Some(n) = line.strip_prefix("synced ") {
+            synced = n.trim().parse().expect("index");
+            if synced >= enough {
+                break;
+            }
+        }
+    }
+    child.kill().expect("kill child");
+    child.wait().expect("reap child");
+    assert!(synced >= enough, "the child stopped before writing enough");
+    synced
+}
+
+#[test]
+fn killed_process_without_commit_fsyncs_recovers_a_consistent_prefix() {
+    let dir = temp_dir("mvcc-kill-batch");
+    let db = dir.join("state.redb");
+    let synced =
+        run_child_until_killed("crash_child_batch_writer", "QKV_MVCC_CRASH_CHILD_BATCH_DB", &db, 400);
+    let store =
+        RedbStore::open(Arc::new(RealDisk::new()), &db, options(CommitDurability::ON_SYNC_ONLY))
+            .expect("reopen after kill");
+    let applied = assert_consistent(&store);
+    assert!(applied >= synced, "applied {applied} lost synced batch ending at {synced}");
+    assert_eq!(applied % 8, 0, "recovered inside a batch");
+    drop(store);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
 #[test]

@@ -24,7 +24,7 @@ use quorumkv_core::rng::Rng;
 
 use super::{
     ALL_FROM_KEY, Event, EventKind, ImageInfo, ImageRecord, ImageSource, KeyValue, MvccError,
-    MvccStore, MvccTxn, RangeOptions, Revision, SINGLE_KEY,
+    MvccStore, MvccTxn, RangeOptions, Revision, SINGLE_KEY, SealResult,
 };
 
 /// Declares one `#[test]` per conformance case, each on fresh stores built by `$make`.
@@ -50,6 +50,9 @@ macro_rules! mvcc_conformance_tests {
             image_restores_an_equal_store,
             restore_rejects_a_bad_image_and_keeps_the_store,
             random_ops_match_the_model,
+            seal_gives_each_command_its_own_revision,
+            rollback_to_seal_undoes_only_the_current_command,
+            batched_commands_match_one_txn_per_command,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -840,4 +843,320 @@ pub fn random_ops_with_seed<S: MvccStore>(make: &dyn Fn() -> S, seed: u64, txns:
     let restored = make();
     restored.restore(&mut store.image().expect("image")).expect("restore");
     check_against_model(&restored, &model, &mut rng);
+}
+
+/// Sealed commands in one transaction get consecutive revisions, sub-revisions from 0, their
+/// own events, and the compaction limit of a transaction of their own.
+pub fn seal_gives_each_command_its_own_revision<S: MvccStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    put_all(&store, 1, &[(b"a", b"0")]); // rev 2
+    let mut txn = store.write_txn().expect("txn");
+    assert_eq!(txn.revision(), 3);
+    // Command 1: two changes at revision 3.
+    txn.put(b"a", b"1", 0).expect("put");
+    txn.put(b"b", b"1", 0).expect("put");
+    let first = txn.seal().expect("seal");
+    assert_eq!(first.revision, 3);
+    assert_eq!(first.events.len(), 2);
+    assert_eq!(first.events[0].kv, kv(b"a", 2, 3, 2, 0, b"1"));
+    assert_eq!(first.events[0].prev_kv, Some(kv(b"a", 2, 2, 1, 0, b"0")));
+    assert_eq!(txn.revision(), 4);
+    // Command 2 changes nothing: same revision, no events.
+    txn.set_meta(b"m", b"x").expect("meta");
+    assert!(txn.delete_range(b"zz", SINGLE_KEY).expect("delete").is_empty());
+    assert_eq!(txn.seal().expect("seal"), SealResult { revision: 3, events: Vec::new() });
+    assert_eq!(txn.revision(), 4);
+    // Command 3 sees command 1, and reads the revisions before it.
+    assert_eq!(txn.get(b"b").expect("get"), Some(kv(b"b", 3, 3, 1, 0, b"1")));
+    assert_eq!(txn.range(b"a", SINGLE_KEY, &at(2)).expect("range").kvs[0].value.as_ref(), b"0");
+    assert!(matches!(
+        txn.range(b"a", SINGLE_KEY, &at(4)),
+        Err(MvccError::FutureRevision { requested: 4, current: 3 })
+    ));
+    // Compaction goes up to the revision before the command, not beyond.
+    assert!(matches!(
+        txn.compact(4),
+        Err(MvccError::FutureRevision { requested: 4, current: 3 })
+    ));
+    txn.compact(3).expect("compact");
+    assert_eq!(txn.compacted_revision(), 3);
+    assert!(matches!(txn.range(b"a", SINGLE_KEY, &at(2)), Err(MvccError::Compacted { .. })));
+    txn.delete_range(b"a", SINGLE_KEY).expect("delete");
+    let third = txn.seal().expect("seal");
+    assert_eq!(third.revision, 4);
+    assert_eq!(third.events.len(), 1);
+    assert_eq!(third.events[0].kind, EventKind::Delete);
+    assert_eq!(third.events[0].prev_kv, Some(kv(b"a", 2, 3, 2, 0, b"1")));
+    // The unsealed rest is one more command, committed with the transaction.
+    txn.put(b"a", b"new", 5).expect("put");
+    let res = txn.commit(9).expect("commit");
+    assert_eq!(res.revision, 5);
+    assert_eq!(res.events.len(), 1);
+    assert_eq!(res.events[0].kv, kv(b"a", 5, 5, 1, 5, b"new"));
+    assert_eq!(store.current_revision(), 5);
+    assert_eq!(store.compacted_revision(), 3);
+    assert_eq!(store.applied_index(), 9);
+    assert_eq!(store.get_meta(b"m").expect("meta"), Some(Bytes::from_static(b"x")));
+    // Sub-revisions restart at 0 with each command.
+    let revisions: Vec<(Bytes, Revision)> = drain(&mut store.image().expect("image"))
+        .into_iter()
+        .filter_map(|r| match r {
+            ImageRecord::Version { key, revision, .. } => Some((key, revision)),
+            ImageRecord::Meta { .. } => None,
+        })
+        .collect();
+    let r = |main, sub| Revision { main, sub };
+    let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+    assert_eq!(
+        revisions,
+        vec![(a.clone(), r(2, 0)), (a.clone(), r(3, 0)), (a.clone(), r(4, 0)), (a, r(5, 0)), (b, r(3, 1))]
+    );
+    assert_eq!(get(&store, b"b", 3), Some(kv(b"b", 3, 3, 1, 0, b"1")));
+    let stats = store.stats().expect("stats");
+    assert_eq!((stats.key_count, stats.revision), (2, 5));
+}
+
+/// A rollback undoes the current command's data, metadata, compaction and counters, and
+/// nothing sealed before it; the next command gets the revision the undone one would have had.
+pub fn rollback_to_seal_undoes_only_the_current_command<S: MvccStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    put_all(&store, 1, &[(b"a", b"0")]); // rev 2
+    put_all(&store, 2, &[(b"a", b"1")]); // rev 3
+    let reference = make();
+    put_all(&reference, 1, &[(b"a", b"0")]);
+    put_all(&reference, 2, &[(b"a", b"1")]);
+    let mut txn = store.write_txn().expect("txn");
+    txn.set_meta(b"m", b"kept").expect("meta");
+    txn.put(b"b", b"kept", 0).expect("put");
+    assert_eq!(txn.seal().expect("seal").revision, 4);
+    // A command that does a bit of everything, then is undone.
+    txn.compact(3).expect("compact");
+    txn.put(b"a", b"undone", 0).expect("put");
+    txn.put(b"c", b"undone", 0).expect("put");
+    txn.delete_range(b"b", SINGLE_KEY).expect("delete");
+    txn.set_meta(b"m", b"undone").expect("meta");
+    txn.set_meta(b"m2", b"undone").expect("meta");
+    txn.delete_meta(b"m").expect("meta");
+    txn.rollback_to_seal().expect("rollback");
+    assert_eq!(txn.revision(), 5);
+    assert_eq!(txn.compacted_revision(), 0);
+    assert_eq!(txn.get(b"a").expect("get"), Some(kv(b"a", 2, 3, 2, 0, b"1")));
+    assert_eq!(txn.get(b"b").expect("get"), Some(kv(b"b", 4, 4, 1, 0, b"kept")));
+    assert_eq!(txn.get(b"c").expect("get"), None);
+    assert_eq!(txn.get_meta(b"m").expect("meta"), Some(Bytes::from_static(b"kept")));
+    assert_eq!(txn.get_meta(b"m2").expect("meta"), None);
+    assert_eq!(txn.range(b"a", SINGLE_KEY, &at(2)).expect("range").kvs.len(), 1);
+    // An undone command seals as one that changed nothing.
+    assert_eq!(txn.seal().expect("seal"), SealResult { revision: 4, events: Vec::new() });
+    txn.put(b"c", b"1", 0).expect("put");
+    txn.rollback_to_seal().expect("rollback");
+    txn.put(b"d", b"1", 0).expect("put");
+    let res = txn.commit(3).expect("commit");
+    assert_eq!(res.revision, 5);
+    assert_eq!(res.events.len(), 1);
+    assert_eq!(res.events[0].kv, kv(b"d", 5, 5, 1, 0, b"1"));
+    // The same as the commands that were kept, each in a transaction of its own.
+    let mut txn = reference.write_txn().expect("txn");
+    txn.set_meta(b"m", b"kept").expect("meta");
+    txn.put(b"b", b"kept", 0).expect("put");
+    txn.commit(3).expect("commit");
+    put_all(&reference, 3, &[(b"d", b"1")]);
+    assert_same_stores(&store, &reference);
+}
+
+/// One operation of a command in [`check_batched_against_one_per_txn`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// A put.
+    Put {
+        /// The key (may be empty: then the command fails).
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The lease.
+        lease: i64,
+    },
+    /// A delete of a range (etcd conventions).
+    Delete {
+        /// First key.
+        key: Vec<u8>,
+        /// Range end.
+        range_end: Vec<u8>,
+    },
+    /// A metadata write.
+    SetMeta {
+        /// Entry name.
+        name: Vec<u8>,
+        /// Entry value.
+        value: Vec<u8>,
+    },
+    /// A metadata removal.
+    DeleteMeta {
+        /// Entry name.
+        name: Vec<u8>,
+    },
+    /// A compaction at the revision before the command plus `offset`: 1 is in the future,
+    /// and at or below the compacted revision fails too.
+    Compact {
+        /// Offset from the revision before the command.
+        offset: i64,
+    },
+    /// A range read at the command's revision minus `back` (0 = the command's own revision,
+    /// readable once it changed something; a revision below 1 reads the current one).
+    Read {
+        /// First key.
+        key: Vec<u8>,
+        /// Range end.
+        range_end: Vec<u8>,
+        /// How far back from the command's revision to read.
+        back: i64,
+    },
+    /// The command fails here, as a state machine's command does when a check fails
+    /// part-way: everything it did is undone.
+    Fail,
+}
+
+/// Runs one command's operations; returns a transcript of their answers and whether the
+/// command succeeded (it stops at the first failure).
+fn run_command<T: MvccTxn>(txn: &mut T, ops: &[BatchOp]) -> (Vec<String>, bool) {
+    let mut log = vec![format!("revision {} compacted {}", txn.revision(), txn.compacted_revision())];
+    for op in ops {
+        let answer = match op {
+            BatchOp::Put { key, value, lease } => txn.put(key, value, *lease).map(|p| format!("{p:?}")),
+            BatchOp::Delete { key, range_end } => {
+                txn.delete_range(key, range_end).map(|d| format!("{d:?}"))
+            }
+            BatchOp::SetMeta { name, value } => txn.set_meta(name, value).map(|()| String::new()),
+            BatchOp::DeleteMeta { name } => txn.delete_meta(name).map(|()| String::new()),
+            BatchOp::Compact { offset } => {
+                txn.compact(txn.revision() - 1 + offset).map(|()| String::new())
+            }
+            BatchOp::Read { key, range_end, back } => {
+                let opts = at(txn.revision() - back);
+                txn.range(key, range_end, &opts).map(|r| format!("{r:?}"))
+            }
+            BatchOp::Fail => Err(MvccError::EmptyKey),
+        };
+        match answer {
+            Ok(text) => log.push(text),
+            Err(e) => {
+                assert!(e.is_deterministic(), "engine failure in a test command: {e}");
+                log.push(format!("error {e}"));
+                return (log, false);
+            }
+        }
+    }
+    (log, true)
+}
+
+/// What one command gave: its transcript, revision and events.
+type CommandOutcome = (Vec<String>, i64, Vec<Event>);
+
+/// Applies `commands` (command `i` as log entry `i + 1`) to a fresh store one transaction
+/// per command, and to another in transactions of `batch_sizes` commands (cycled; 0 counts
+/// as 1), sealing each command (the last of a batch is left to the commit when `seal_last`
+/// says no). A command that fails is undone: dropped with its transaction on one side,
+/// rolled back to the seal on the other. Asserts that both give the same answers, revisions
+/// and events for every command, and equal stores: every range at every revision,
+/// `events_since` from each, stats and images.
+pub fn check_batched_against_one_per_txn<S: MvccStore>(
+    make: &dyn Fn() -> S,
+    commands: &[Vec<BatchOp>],
+    batch_sizes: &[usize],
+    seal_last: bool,
+) {
+    let single = make();
+    let mut want: Vec<CommandOutcome> = Vec::new();
+    for (i, ops) in commands.iter().enumerate() {
+        let index = i as u64 + 1;
+        let mut txn = single.write_txn().expect("txn");
+        let (log, ok) = run_command(&mut txn, ops);
+        let res = if ok {
+            txn.commit(index).expect("commit")
+        } else {
+            drop(txn);
+            single.write_txn().expect("txn").commit(index).expect("commit")
+        };
+        want.push((log, res.revision, res.events));
+    }
+
+    let batched = make();
+    let mut got: Vec<CommandOutcome> = Vec::new();
+    let mut sizes = batch_sizes.iter().copied().cycle();
+    let mut next = 0;
+    while next < commands.len() {
+        let size = sizes.next().unwrap_or(1).max(1).min(commands.len() - next);
+        let mut txn = batched.write_txn().expect("txn");
+        for (i, ops) in commands.iter().enumerate().skip(next).take(size) {
+            let (log, ok) = run_command(&mut txn, ops);
+            if !ok {
+                txn.rollback_to_seal().expect("rollback");
+            }
+            if i + 1 == next + size && !seal_last {
+                let res = txn.commit(i as u64 + 1).expect("commit");
+                got.push((log, res.revision, res.events));
+                break;
+            }
+            let sealed = txn.seal().expect("seal");
+            got.push((log, sealed.revision, sealed.events));
+            if i + 1 == next + size {
+                let res = txn.commit(i as u64 + 1).expect("commit");
+                assert_eq!(res, super::CommitResult { revision: sealed.revision, events: vec![] });
+                break;
+            }
+        }
+        next += size;
+    }
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(w, g, "command {i} ({:?})", commands[i]);
+    }
+    assert_eq!(want.len(), got.len());
+    assert_same_stores(&single, &batched);
+}
+
+const BATCH_KEYS: [&[u8]; 6] = [b"\0", b"key/01", b"key/02", b"key/02\0", b"key/03", b"zz"];
+
+/// Random commands with every kind of operation, some failing part-way.
+pub fn random_batch_commands(rng: &mut Rng, count: usize) -> Vec<Vec<BatchOp>> {
+    let key = |rng: &mut Rng| rng.pick(&BATCH_KEYS).map_or(b"a".to_vec(), |k| k.to_vec());
+    let end = |rng: &mut Rng| match rng.range(0, 3) {
+        0 => SINGLE_KEY.to_vec(),
+        1 => ALL_FROM_KEY.to_vec(),
+        _ => rng.pick(&BATCH_KEYS).map_or(b"z".to_vec(), |k| k.to_vec()),
+    };
+    (0..count)
+        .map(|_| {
+            (0..rng.range(0, 5))
+                .map(|_| match rng.range(0, 24) {
+                    0..=9 => BatchOp::Put {
+                        key: key(rng),
+                        value: rng.next_u64().to_le_bytes()[..rng.range(0, 9) as usize].to_vec(),
+                        lease: rng.range(0, 3) as i64,
+                    },
+                    10..=13 => BatchOp::Delete { key: key(rng), range_end: end(rng) },
+                    14..=15 => BatchOp::SetMeta {
+                        name: key(rng),
+                        value: rng.next_u64().to_le_bytes().to_vec(),
+                    },
+                    16 => BatchOp::DeleteMeta { name: key(rng) },
+                    17..=18 => BatchOp::Compact { offset: rng.range(0, 5) as i64 - 3 },
+                    19..=21 => {
+                        BatchOp::Read { key: key(rng), range_end: end(rng), back: rng.range(0, 6) as i64 }
+                    }
+                    22 => BatchOp::Put { key: Vec::new(), value: Vec::new(), lease: 0 },
+                    _ => BatchOp::Fail,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Random commands in random batches give what they give one transaction per command.
+pub fn batched_commands_match_one_txn_per_command<S: MvccStore>(make: &dyn Fn() -> S) {
+    for seed in 1..=4u64 {
+        let mut rng = Rng::new(seed);
+        let commands = random_batch_commands(&mut rng, 48);
+        let sizes: Vec<usize> = (0..7).map(|_| rng.range(1, 12) as usize).collect();
+        check_batched_against_one_per_txn(make, &commands, &sizes, seed % 2 == 0);
+    }
 }

@@ -21,7 +21,7 @@ use super::codec::{
 };
 use super::{
     CommitResult, Event, EventBatch, EventKind, ImageInfo, ImageRecord, ImageSource, KeyValue,
-    MvccError, RangeOptions, RangeResult,
+    MvccError, RangeOptions, RangeResult, SealResult,
 };
 
 /// Rows fetched per primitive scan call.
@@ -302,33 +302,67 @@ pub(crate) fn events_since<R: Rows + ?Sized>(
     Ok(batch)
 }
 
+/// A compaction a command asked for, carried out when the command is sealed: until then it
+/// can still be rolled back for free, and reads see its effect already (they check the
+/// compacted revision, and history below it answers nothing they may ask).
+#[derive(Clone, Copy, Debug)]
+struct PendingCompaction {
+    /// The compacted revision before this command's compaction (where the scan starts).
+    from: i64,
+    /// The revision to compact at.
+    until: i64,
+}
+
 /// What a write transaction has done so far, beside the rows it wrote.
+///
+/// A transaction is a run of commands, each closed by [`seal`]; the last one is closed by
+/// [`commit`]. Per command it keeps what a transaction of its own would: the next
+/// sub-revision, the events, and enough to undo the command ([`rollback_to_seal`]).
 #[derive(Debug)]
 pub(crate) struct TxnState {
-    /// Counters, kept current as changes are made; written at commit.
+    /// Counters, kept current as changes are made; written at commit. `current_revision` is
+    /// the revision before the current command (moved on by each seal that changed data).
     pub sys: Sys,
-    /// The store's revision when the transaction began.
-    base_revision: i64,
-    /// Next sub-revision to hand out.
+    /// Counters at the last seal (or the start), restored by a rollback.
+    sealed_sys: Sys,
+    /// Next sub-revision to hand out in the current command.
     next_sub: u32,
-    /// Changes so far.
+    /// Changes of the current command.
     events: Vec<Event>,
+    /// Metadata rows the current command overwrote or removed, with what they held before
+    /// (oldest first). Version and index rows need no such record: every row the command
+    /// wrote carries its revision, so a rollback finds them through the revision index.
+    meta_undo: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The current command's compaction, done at its seal.
+    pending_compaction: Option<PendingCompaction>,
 }
 
 impl TxnState {
     /// A transaction over a store with counters `sys`.
     pub(crate) fn new(sys: Sys) -> Self {
-        Self { sys, base_revision: sys.current_revision, next_sub: 0, events: Vec::new() }
+        Self {
+            sys,
+            sealed_sys: sys,
+            next_sub: 0,
+            events: Vec::new(),
+            meta_undo: Vec::new(),
+            pending_compaction: None,
+        }
     }
 
-    /// The revision the transaction commits at if it changes data.
+    /// The revision the current command's changes get.
     pub(crate) fn revision(&self) -> i64 {
-        self.base_revision + 1
+        self.sys.current_revision + 1
     }
 
     /// The revision reads inside the transaction see as current.
     pub(crate) fn visible_revision(&self) -> i64 {
-        if self.events.is_empty() { self.base_revision } else { self.base_revision + 1 }
+        if self.events.is_empty() { self.sys.current_revision } else { self.revision() }
+    }
+
+    /// The compacted revision reads inside the transaction see (compactions in it included).
+    pub(crate) fn compacted_revision(&self) -> i64 {
+        self.sys.compacted_revision
     }
 
     fn next_revision(&mut self) -> Result<Revision, MvccError> {
@@ -443,11 +477,13 @@ pub(crate) fn set_meta<W: RowsMut + ?Sized>(
     value: &[u8],
 ) -> Result<(), MvccError> {
     let key = meta_key(name);
-    if let Some(old) = rows.get(&key)? {
+    let old = rows.get(&key)?;
+    if let Some(old) = &old {
         st.sys.approx_bytes = st.sys.approx_bytes.saturating_sub(row_cost(key.len(), old.len()));
     }
     rows.put(&key, value)?;
     st.sys.approx_bytes += row_cost(key.len(), value.len());
+    st.meta_undo.push((key, old));
     Ok(())
 }
 
@@ -461,6 +497,7 @@ pub(crate) fn delete_meta<W: RowsMut + ?Sized>(
     if let Some(old) = rows.get(&key)? {
         st.sys.approx_bytes = st.sys.approx_bytes.saturating_sub(row_cost(key.len(), old.len()));
         rows.remove(&key)?;
+        st.meta_undo.push((key, Some(old)));
     }
     Ok(())
 }
@@ -473,25 +510,42 @@ pub(crate) fn get_meta<R: Rows + ?Sized>(
     Ok(rows.get(&meta_key(name))?.map(Bytes::from))
 }
 
-/// Drops history below `revision` (see the module rules of `mvcc`).
-pub(crate) fn compact<W: RowsMut + ?Sized>(
-    rows: &mut W,
-    st: &mut TxnState,
-    revision: i64,
-) -> Result<(), MvccError> {
+/// Drops history below `revision` (see the module rules of `mvcc`). The checks and the new
+/// compacted revision take effect now; the rows go when the command is sealed.
+pub(crate) fn compact(st: &mut TxnState, revision: i64) -> Result<(), MvccError> {
     if revision <= st.sys.compacted_revision {
         return Err(MvccError::Compacted {
             requested: revision,
             compacted: st.sys.compacted_revision,
         });
     }
-    if revision > st.base_revision {
-        return Err(MvccError::FutureRevision { requested: revision, current: st.base_revision });
+    // At most the revision before the current command, as if it ran in its own transaction.
+    if revision > st.sys.current_revision {
+        return Err(MvccError::FutureRevision {
+            requested: revision,
+            current: st.sys.current_revision,
+        });
     }
+    let from = match st.pending_compaction {
+        // A second compaction in one command: one pass from the first one's start covers both.
+        Some(pending) => pending.from,
+        None => st.sys.compacted_revision,
+    };
+    st.pending_compaction = Some(PendingCompaction { from, until: revision });
+    st.sys.compacted_revision = revision;
+    Ok(())
+}
+
+/// Removes the rows a compaction at `p.until` drops.
+fn compact_rows<W: RowsMut + ?Sized>(
+    rows: &mut W,
+    st: &mut TxnState,
+    p: PendingCompaction,
+) -> Result<(), MvccError> {
     // Versions below the previous compaction are already one per key; only keys changed
     // since then can have versions to drop.
-    let from = Revision { main: st.sys.compacted_revision.max(1), sub: 0 };
-    let until = Revision { main: revision, sub: 0 };
+    let from = Revision { main: p.from.max(1), sub: 0 };
+    let until = Revision { main: p.until, sub: 0 };
     let until_key = rev_key(until);
     let mut touched: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut cursor = rev_key(from);
@@ -542,30 +596,81 @@ pub(crate) fn compact<W: RowsMut + ?Sized>(
             st.sys.approx_bytes = st.sys.approx_bytes.saturating_sub(cost);
         }
     }
-    st.sys.compacted_revision = revision;
+    Ok(())
+}
+
+/// Closes the current command: carries out its compaction, and if it changed data, moves the
+/// revision on. Returns the command's revision (the store's revision after it) and events.
+pub(crate) fn seal<W: RowsMut + ?Sized>(
+    rows: &mut W,
+    st: &mut TxnState,
+) -> Result<SealResult, MvccError> {
+    if let Some(pending) = st.pending_compaction.take() {
+        compact_rows(rows, st, pending)?;
+    }
+    if !st.events.is_empty() {
+        st.sys.current_revision += 1;
+    }
+    st.next_sub = 0;
+    st.meta_undo.clear();
+    st.sealed_sys = st.sys;
+    Ok(SealResult { revision: st.sys.current_revision, events: std::mem::take(&mut st.events) })
+}
+
+/// Undoes every change of the current command: its versions and revision-index rows, its
+/// metadata changes, its compaction and its counters.
+pub(crate) fn rollback_to_seal<W: RowsMut + ?Sized>(
+    rows: &mut W,
+    st: &mut TxnState,
+) -> Result<(), MvccError> {
+    if st.next_sub > 0 {
+        // Every row the command wrote is named by a revision-index row at its revision.
+        let lo = rev_key(Revision { main: st.revision(), sub: 0 });
+        let hi = rev_key(Revision { main: st.revision().saturating_add(1), sub: 0 });
+        loop {
+            let index_rows = rows.scan(&lo, &hi, SCAN_BATCH_ROWS)?;
+            if index_rows.is_empty() {
+                break;
+            }
+            for (index_key, user_key) in &index_rows {
+                let rev = parse_rev_key(index_key)?;
+                rows.remove(&version_key_from_prefix(&version_prefix(user_key), rev))?;
+                rows.remove(index_key)?;
+            }
+        }
+    }
+    // Newest first, so a row changed twice ends with what it held before the command.
+    for (key, old) in std::mem::take(&mut st.meta_undo).into_iter().rev() {
+        match old {
+            Some(value) => rows.put(&key, &value)?,
+            None => rows.remove(&key)?,
+        }
+    }
+    st.sys = st.sealed_sys;
+    st.next_sub = 0;
+    st.events.clear();
+    st.pending_compaction = None;
     Ok(())
 }
 
 /// Writes the counters and returns the outcome; the caller commits the engine transaction.
+/// The changes after the last seal are sealed as one more command.
 pub(crate) fn commit<W: RowsMut + ?Sized>(
     rows: &mut W,
-    st: TxnState,
+    mut st: TxnState,
     applied_index: LogIndex,
 ) -> Result<(CommitResult, Sys), MvccError> {
-    let mut sys = st.sys;
-    if applied_index < sys.applied_index {
+    if applied_index < st.sys.applied_index {
         return Err(MvccError::AppliedIndexRegression {
-            current: sys.applied_index,
+            current: st.sys.applied_index,
             given: applied_index,
         });
     }
-    if !st.events.is_empty() {
-        sys.current_revision = st.base_revision + 1;
-    }
+    let last = seal(rows, &mut st)?;
+    let mut sys = st.sys;
     sys.applied_index = applied_index;
     rows.put(SYS_KEY, &sys.encode())?;
-    let result = CommitResult { revision: sys.current_revision, events: st.events };
-    Ok((result, sys))
+    Ok((CommitResult { revision: last.revision, events: last.events }, sys))
 }
 
 /// The image header of a store with counters `sys`.

@@ -19,7 +19,7 @@ use super::codec::Sys;
 use super::engine::{self, Row, RowImage, Rows, RowsMut, TxnState};
 use super::{
     CommitResult, EventBatch, ImageInfo, ImageRecord, ImageSource, KeyValue, MvccError, MvccStore,
-    MvccTxn, RangeOptions, RangeResult, StoreStats,
+    MvccTxn, RangeOptions, RangeResult, SealResult, StoreStats,
 };
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -212,6 +212,10 @@ impl MvccTxn for MemTxn<'_> {
         self.state.as_ref().map_or(0, TxnState::revision)
     }
 
+    fn compacted_revision(&self) -> i64 {
+        self.state.as_ref().map_or(0, TxnState::compacted_revision)
+    }
+
     fn range(
         &self,
         key: &[u8],
@@ -246,8 +250,22 @@ impl MvccTxn for MemTxn<'_> {
     }
 
     fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
+        // Only counters change now (the rows go at the seal): no need to touch the map.
+        let state = self
+            .state
+            .as_mut()
+            .ok_or_else(|| MvccError::Corrupt("transaction used after commit".into()))?;
+        engine::compact(state, revision)
+    }
+
+    fn seal(&mut self) -> Result<SealResult, MvccError> {
         let (mut rows, state) = self.parts()?;
-        engine::compact(&mut rows, state, revision)
+        engine::seal(&mut rows, state)
+    }
+
+    fn rollback_to_seal(&mut self) -> Result<(), MvccError> {
+        let (mut rows, state) = self.parts()?;
+        engine::rollback_to_seal(&mut rows, state)
     }
 
     fn commit(mut self, applied_index: LogIndex) -> Result<CommitResult, MvccError> {

@@ -5,9 +5,12 @@
 //!
 //! Rules the store keeps:
 //! - The store-wide revision starts at 1 for the empty store and grows by exactly one per
-//!   committed write transaction that changed a key; each change inside it gets a
-//!   sub-revision. A transaction that changes no key (metadata only, a delete that matched
-//!   nothing, a compaction) leaves the revision alone.
+//!   command that changed a key; each change inside it gets a sub-revision, from 0. A write
+//!   transaction is one command, or several closed one by one with [`MvccTxn::seal`] (a
+//!   state machine applying many log entries in one engine transaction); either way every
+//!   command gets exactly the revision, sub-revisions, events and checks it would get in a
+//!   transaction of its own. A command that changes no key (metadata only, a delete that
+//!   matched nothing, a compaction) leaves the revision alone.
 //! - Per key: `create_revision` (revision of the put that created it), `mod_revision`
 //!   (revision of its last change), `version` (1 on create, +1 per put, gone with a delete)
 //!   and `lease` (0 = none) — the etcd `KeyValue`.
@@ -106,7 +109,17 @@ pub struct RangeResult {
 pub struct CommitResult {
     /// The store's revision after the commit: the new one if data changed, else unchanged.
     pub revision: i64,
-    /// Every change in the transaction, in sub-revision order (empty if none).
+    /// Every change of the transaction's last command (all of it if it was never sealed),
+    /// in sub-revision order (empty if none); sealed commands' changes came with their seals.
+    pub events: Vec<Event>,
+}
+
+/// The outcome of one command closed with [`MvccTxn::seal`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SealResult {
+    /// The revision after the command: a new one if it changed data, else unchanged.
+    pub revision: i64,
+    /// Every change of the command, in sub-revision order (empty if none).
     pub events: Vec<Event>,
 }
 
@@ -288,10 +301,21 @@ pub trait ImageSource {
 
 /// A write transaction: reads see the transaction's own changes; nothing is visible to others
 /// until [`MvccTxn::commit`]; dropping it without commit discards everything.
+///
+/// One transaction can carry several commands (say, the log entries of one Raft `Ready`):
+/// make each command's changes, then [`MvccTxn::seal`] it. Each sealed command gets the
+/// revision, sub-revisions, events and checks a transaction of its own would have given it;
+/// only the commit (one engine commit, one applied index) is shared. A command that fails
+/// part-way can be undone with [`MvccTxn::rollback_to_seal`] without losing the commands
+/// sealed before it.
 pub trait MvccTxn {
-    /// The revision the transaction commits at if it changes data.
+    /// The revision the current command's changes get (the revision before it, plus one).
     fn revision(&self) -> i64;
-    /// Range read inside the transaction (for the compares of an etcd Txn).
+    /// The compacted revision as reads inside the transaction see it: the store's, or that
+    /// of a compaction made in the transaction.
+    fn compacted_revision(&self) -> i64;
+    /// Range read inside the transaction (for the compares of an etcd Txn): sees every change
+    /// made so far, sealed or not.
     fn range(
         &self,
         key: &[u8],
@@ -314,10 +338,22 @@ pub trait MvccTxn {
     /// Reads a metadata entry, including this transaction's changes.
     fn get_meta(&self, name: &[u8]) -> Result<Option<Bytes>, MvccError>;
     /// Drops history below `revision` (see the module rules). `revision` must be above the
-    /// compacted revision and at most the revision before this transaction.
+    /// compacted revision and at most the revision before the current command. Reads see the
+    /// new compacted revision at once; the history goes when the command is sealed.
     fn compact(&mut self, revision: i64) -> Result<(), MvccError>;
-    /// Commits, recording `applied_index` atomically with the changes. The applied index must
-    /// not be below the stored one; a transaction without changes still advances it.
+    /// Closes the current command. If it changed data, the transaction's revision becomes
+    /// the command's revision and its events are returned; the next changes belong to the
+    /// revision after it, with sub-revisions from 0 again. A command without data changes
+    /// returns the unchanged revision and no events.
+    fn seal(&mut self) -> Result<SealResult, MvccError>;
+    /// Undoes every change made since the last seal (or the start): data, metadata,
+    /// compaction and counters, as if the current command had never run. Sealed commands
+    /// stay. After an engine error (not a deterministic one) drop the transaction instead.
+    fn rollback_to_seal(&mut self) -> Result<(), MvccError>;
+    /// Commits every command, recording `applied_index` atomically with them; the changes
+    /// after the last seal count as one more command (the result is its revision and
+    /// events). The applied index must not be below the stored one; a transaction without
+    /// changes still advances it.
     fn commit(self, applied_index: LogIndex) -> Result<CommitResult, MvccError>;
 }
 

@@ -7,8 +7,11 @@
 //!   transaction, so the applied index always describes the data next to it.
 //! - With [`CommitDurability::Deferred`] commits do not fsync (the write-ahead log already
 //!   holds the entries); every `sync_every_commits`-th commit and every [`MvccStore::sync`]
-//!   does, and after a crash the store is at the last synced commit or a later one, never
-//!   between two. `restore` always syncs.
+//!   does ([`CommitDurability::ON_SYNC_ONLY`]: only `sync`), and after a crash the store is
+//!   at the last synced commit or a later one, never between two. `restore` always syncs.
+//!   An unsynced commit cannot overwrite a page the last synced state uses (redb frees such
+//!   pages only at the next synced commit), which is what makes the crash rule hold; the
+//!   price is that the file can grow between syncs by the pages rewritten since.
 //! - Reads and images use redb read transactions: they see one committed state and never wait
 //!   for a writer.
 
@@ -29,7 +32,7 @@ use super::codec::Sys;
 use super::engine::{self, Row, RowImage, Rows, RowsMut, TxnState};
 use super::{
     CommitResult, EventBatch, ImageInfo, ImageRecord, ImageSource, KeyValue, MvccError, MvccStore,
-    MvccTxn, RangeOptions, RangeResult, StoreStats,
+    MvccTxn, RangeOptions, RangeResult, SealResult, StoreStats,
 };
 use crate::disk::{Disk, DiskFile, OpenMode};
 
@@ -48,6 +51,16 @@ pub enum CommitDurability {
         /// Fsync every this many commits; 0 = only when asked.
         sync_every_commits: u32,
     },
+}
+
+impl CommitDurability {
+    /// Commits never fsync; only [`MvccStore::sync`] (and `restore`) do. The mode of a node
+    /// whose write-ahead log is fsynced and is the source of durability: the store only
+    /// bounds how much of the log a restart replays, and the node syncs it when it takes a
+    /// snapshot (before the log below the snapshot may go). After a crash the store is at the
+    /// last sync or a later commit, never between two commits. The same as
+    /// `Deferred { sync_every_commits: 0 }`, named for the reader.
+    pub const ON_SYNC_ONLY: CommitDurability = CommitDurability::Deferred { sync_every_commits: 0 };
 }
 
 /// Settings of a [`RedbStore`].
@@ -314,6 +327,10 @@ impl MvccTxn for RedbTxn<'_> {
         self.state.revision()
     }
 
+    fn compacted_revision(&self) -> i64 {
+        self.state.compacted_revision()
+    }
+
     fn range(
         &self,
         key: &[u8],
@@ -344,7 +361,15 @@ impl MvccTxn for RedbTxn<'_> {
     }
 
     fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
-        self.with_rows(|rows, st| engine::compact(rows, st, revision))
+        engine::compact(&mut self.state, revision)
+    }
+
+    fn seal(&mut self) -> Result<SealResult, MvccError> {
+        self.with_rows(|rows, st| engine::seal(rows, st))
+    }
+
+    fn rollback_to_seal(&mut self) -> Result<(), MvccError> {
+        self.with_rows(|rows, st| engine::rollback_to_seal(rows, st))
     }
 
     fn commit(self, applied_index: LogIndex) -> Result<CommitResult, MvccError> {

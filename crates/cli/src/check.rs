@@ -68,9 +68,10 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000)
     });
-    let report_dir = args.report_dir.clone().unwrap_or_else(|| {
-        PathBuf::from("quorumkv-check").join(quorumkv_chaos::utc_timestamp())
-    });
+    let report_dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("quorumkv-check").join(quorumkv_chaos::utc_timestamp()));
     let binary = std::env::current_exe()?;
     let mut command = format!(
         "quorumkv check --nodes {} --time-limit {} --concurrency {} --nemesis {} --workload {} --seed {seed}",
@@ -93,10 +94,8 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
         progress: !args.quiet,
         command,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let summary = runtime.block_on(quorumkv_chaos::run(opts))?;
     println!(
         "{} operations: {} ok, {} fail, {} info; {} faults injected",

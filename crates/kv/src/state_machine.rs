@@ -352,7 +352,11 @@ impl<S: MvccStore> StateMachine<S> {
 
     /// Seals an entry that changes nothing but the session table's evictions; returns the
     /// (unchanged) revision.
-    fn seal_nothing<T: MvccTxn>(&mut self, txn: &mut T, index: LogIndex) -> Result<i64, ApplyError> {
+    fn seal_nothing<T: MvccTxn>(
+        &mut self,
+        txn: &mut T,
+        index: LogIndex,
+    ) -> Result<i64, ApplyError> {
         self.evict_sessions(txn, index)?;
         let sealed = txn.seal().map_err(ApplyError::Store)?;
         debug_assert!(sealed.events.is_empty(), "an entry that changed nothing has events");
@@ -458,9 +462,7 @@ impl<S: MvccStore> StateMachine<S> {
         let header = install(&*self.store, decoder)?;
         self.reload().map_err(|e| match e {
             ApplyError::Store(m) => SnapshotError::Store(m),
-            other => {
-                SnapshotError::Store(MvccError::Corrupt(other.to_string()))
-            }
+            other => SnapshotError::Store(MvccError::Corrupt(other.to_string())),
         })?;
         Ok(header)
     }

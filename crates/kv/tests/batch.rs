@@ -202,7 +202,8 @@ fn check_log<S: MvccStore>(
     }
     assert_same_machines(&single, &batch);
     // The batched machine's tables are what its store says they are.
-    let reopened = StateMachine::open(std::sync::Arc::clone(batch.store()), config()).expect("open");
+    let reopened =
+        StateMachine::open(std::sync::Arc::clone(batch.store()), config()).expect("open");
     assert_same_machines(&reopened, &batch);
     Ok(())
 }
@@ -383,8 +384,8 @@ mod failing {
     use bytes::Bytes;
     use quorumkv_core::LogIndex;
     use quorumkv_storage::mvcc::{
-        CommitResult, EventBatch, ImageSource, KeyValue, MemImage, MvccError, MvccStore,
-        MvccTxn, RangeOptions, RangeResult, SealResult, StoreStats,
+        CommitResult, EventBatch, ImageSource, KeyValue, MemImage, MvccError, MvccStore, MvccTxn,
+        RangeOptions, RangeResult, SealResult, StoreStats,
     };
     use std::sync::atomic::Ordering;
 

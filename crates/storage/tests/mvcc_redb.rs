@@ -368,8 +368,12 @@ fn run_child_until_killed(name: &str, env: &str, db: &Path, enough: u64) -> u64 
 fn killed_process_without_commit_fsyncs_recovers_a_consistent_prefix() {
     let dir = temp_dir("mvcc-kill-batch");
     let db = dir.join("state.redb");
-    let synced =
-        run_child_until_killed("crash_child_batch_writer", "QKV_MVCC_CRASH_CHILD_BATCH_DB", &db, 400);
+    let synced = run_child_until_killed(
+        "crash_child_batch_writer",
+        "QKV_MVCC_CRASH_CHILD_BATCH_DB",
+        &db,
+        400,
+    );
     let store =
         RedbStore::open(Arc::new(RealDisk::new()), &db, options(CommitDurability::ON_SYNC_ONLY))
             .expect("reopen after kill");

@@ -874,10 +874,7 @@ pub fn seal_gives_each_command_its_own_revision<S: MvccStore>(make: &dyn Fn() ->
         Err(MvccError::FutureRevision { requested: 4, current: 3 })
     ));
     // Compaction goes up to the revision before the command, not beyond.
-    assert!(matches!(
-        txn.compact(4),
-        Err(MvccError::FutureRevision { requested: 4, current: 3 })
-    ));
+    assert!(matches!(txn.compact(4), Err(MvccError::FutureRevision { requested: 4, current: 3 })));
     txn.compact(3).expect("compact");
     assert_eq!(txn.compacted_revision(), 3);
     assert!(matches!(txn.range(b"a", SINGLE_KEY, &at(2)), Err(MvccError::Compacted { .. })));
@@ -909,7 +906,13 @@ pub fn seal_gives_each_command_its_own_revision<S: MvccStore>(make: &dyn Fn() ->
     let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
     assert_eq!(
         revisions,
-        vec![(a.clone(), r(2, 0)), (a.clone(), r(3, 0)), (a.clone(), r(4, 0)), (a, r(5, 0)), (b, r(3, 1))]
+        vec![
+            (a.clone(), r(2, 0)),
+            (a.clone(), r(3, 0)),
+            (a.clone(), r(4, 0)),
+            (a, r(5, 0)),
+            (b, r(3, 1))
+        ]
     );
     assert_eq!(get(&store, b"b", 3), Some(kv(b"b", 3, 3, 1, 0, b"1")));
     let stats = store.stats().expect("stats");
@@ -1019,10 +1022,13 @@ pub enum BatchOp {
 /// Runs one command's operations; returns a transcript of their answers and whether the
 /// command succeeded (it stops at the first failure).
 fn run_command<T: MvccTxn>(txn: &mut T, ops: &[BatchOp]) -> (Vec<String>, bool) {
-    let mut log = vec![format!("revision {} compacted {}", txn.revision(), txn.compacted_revision())];
+    let mut log =
+        vec![format!("revision {} compacted {}", txn.revision(), txn.compacted_revision())];
     for op in ops {
         let answer = match op {
-            BatchOp::Put { key, value, lease } => txn.put(key, value, *lease).map(|p| format!("{p:?}")),
+            BatchOp::Put { key, value, lease } => {
+                txn.put(key, value, *lease).map(|p| format!("{p:?}"))
+            }
             BatchOp::Delete { key, range_end } => {
                 txn.delete_range(key, range_end).map(|d| format!("{d:?}"))
             }
@@ -1140,9 +1146,11 @@ pub fn random_batch_commands(rng: &mut Rng, count: usize) -> Vec<Vec<BatchOp>> {
                     },
                     16 => BatchOp::DeleteMeta { name: key(rng) },
                     17..=18 => BatchOp::Compact { offset: rng.range(0, 5) as i64 - 3 },
-                    19..=21 => {
-                        BatchOp::Read { key: key(rng), range_end: end(rng), back: rng.range(0, 6) as i64 }
-                    }
+                    19..=21 => BatchOp::Read {
+                        key: key(rng),
+                        range_end: end(rng),
+                        back: rng.range(0, 6) as i64,
+                    },
                     22 => BatchOp::Put { key: Vec::new(), value: Vec::new(), lease: 0 },
                     _ => BatchOp::Fail,
                 })

@@ -390,7 +390,7 @@ mod tests {
         assert_eq!(c.name, "from-flag");
         assert_eq!(c.tick_ms, 30);
         assert_eq!(c.election_ticks, 12);
-        assert_eq!(c.heartbeat_ticks, 2);
+        assert_eq!(c.heartbeat_ticks, NodeConfig::default().heartbeat_ticks);
     }
 
     #[test]

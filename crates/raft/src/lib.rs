@@ -88,7 +88,8 @@
 //!    whole log.
 //! 4. `entries` — append to the durable log; if the first entry's index is at or below the
 //!    last durable index, first drop everything from that index on.
-//! 5. `hard_state` — if set (term or vote changed), persist it.
+//! 5. `hard_state` — if set (term or vote changed), persist it. `commit_index` — if set, the
+//!    commit index moved: record it with the next write (no fsync of its own needed).
 //! 6. Make 3–5 durable (one fsync may cover many readies and many groups), then call
 //!    [`Raft::on_persisted`] with [`Ready::persist_marker`], if any.
 //! 7. `persisted_messages` — only now may they be sent: vote requests (the candidate's own vote

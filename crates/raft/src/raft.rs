@@ -189,6 +189,8 @@ pub struct Raft {
     failed_reads: Vec<(ReadId, RaftError)>,
     pending_install: Option<Snapshot>,
     last_hard_state: HardState,
+    /// Commit index last reported in a `Ready`.
+    last_commit_emitted: LogIndex,
     last_soft_state: Option<SoftState>,
     /// Leader has new entries or a new commit index to send.
     leader_dirty: bool,
@@ -239,6 +241,7 @@ impl Raft {
             failed_reads: Vec::new(),
             pending_install: None,
             last_hard_state: state.hard_state,
+            last_commit_emitted: 0,
             last_soft_state: None,
             leader_dirty: false,
             log,
@@ -268,11 +271,12 @@ impl Raft {
         self.election_elapsed += 1;
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
-        } else if self.election_elapsed >= self.election_timeout {
+        } else if self.election_elapsed >= self.election_timeout && self.promotable() {
+            // Only a replica that may stand resets its timer: a learner (or a removed node)
+            // keeps counting, so it stops refusing votes out of loyalty to a leader it no
+            // longer hears from (a learner's vote can be needed in a joint configuration).
             self.election_elapsed = 0;
-            if self.promotable() {
-                self.campaign(self.cfg.pre_vote, false);
-            }
+            self.campaign(self.cfg.pre_vote, false);
         }
     }
 
@@ -558,6 +562,7 @@ impl Raft {
             || !self.read_states.is_empty()
             || !self.failed_reads.is_empty()
             || (self.term, self.vote) != (self.last_hard_state.term, self.last_hard_state.vote)
+            || self.log.committed != self.last_commit_emitted
             || self.last_soft_state != Some(self.soft_state())
     }
 
@@ -581,12 +586,16 @@ impl Raft {
         if let Some(hs) = hard_state {
             self.last_hard_state = hs;
         }
+        let commit_index =
+            (self.log.committed != self.last_commit_emitted).then_some(self.log.committed);
+        self.last_commit_emitted = self.log.committed;
         let soft = self.soft_state();
         let soft_state = (self.last_soft_state != Some(soft)).then_some(soft);
         self.last_soft_state = Some(soft);
         Ready {
             soft_state,
             hard_state,
+            commit_index,
             snapshot: self.pending_install.take(),
             entries,
             messages: std::mem::take(&mut self.msgs),
@@ -598,6 +607,11 @@ impl Raft {
     }
 
     // ----- queries ------------------------------------------------------------------------
+
+    /// Term, vote and commit index as they stand (what a hard state record would hold now).
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+    }
 
     /// Current term.
     pub fn term(&self) -> Term {

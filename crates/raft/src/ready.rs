@@ -59,6 +59,11 @@ pub struct Ready {
     pub soft_state: Option<SoftState>,
     /// Term or vote changed: persist before sending `persisted_messages`.
     pub hard_state: Option<HardState>,
+    /// The commit index moved. Persisting it (in a hard state record with the current term
+    /// and vote) is optional and needs no fsync of its own — a lower commit index on disk is
+    /// always safe — but a recent one keeps committed membership changes in force across a
+    /// restart and shortens recovery. Write it with the next batch that is written anyway.
+    pub commit_index: Option<LogIndex>,
     /// A snapshot received from the leader: persist it and restore the state machine from it,
     /// replacing the whole log, before applying `committed_entries` and before sending
     /// `persisted_messages`.
@@ -100,6 +105,7 @@ impl Ready {
     /// True if there is nothing at all to do.
     pub fn is_empty(&self) -> bool {
         self.soft_state.is_none()
+            && self.commit_index.is_none()
             && !self.must_persist()
             && self.messages.is_empty()
             && self.persisted_messages.is_empty()

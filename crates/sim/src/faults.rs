@@ -29,6 +29,9 @@ pub enum FaultKind {
     Flap,
     /// A node crashes, losing (or tearing) what it had not fsynced, and restarts.
     Crash,
+    /// A node that has just won an election often crashes within milliseconds, before its
+    /// term's first entry reaches a quorum (the window of the dissertation's Figure 3.7).
+    LeaderCrash,
     /// A node's process stops, then resumes (and catches up its missed ticks first).
     Pause,
     /// A bit flips in a durable WAL record of a node, which then crashes: it must refuse to
@@ -53,7 +56,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every fault, in a fixed order.
-    pub const ALL: [FaultKind; 19] = [
+    pub const ALL: [FaultKind; 20] = [
         FaultKind::Loss,
         FaultKind::Delay,
         FaultKind::Duplicate,
@@ -64,6 +67,7 @@ impl FaultKind {
         FaultKind::Bridge,
         FaultKind::Flap,
         FaultKind::Crash,
+        FaultKind::LeaderCrash,
         FaultKind::Pause,
         FaultKind::Bitflip,
         FaultKind::FsyncFail,
@@ -88,6 +92,7 @@ impl FaultKind {
             FaultKind::Bridge => "bridge",
             FaultKind::Flap => "flap",
             FaultKind::Crash => "crash",
+            FaultKind::LeaderCrash => "leader-crash",
             FaultKind::Pause => "pause",
             FaultKind::Bitflip => "bitflip",
             FaultKind::FsyncFail => "fsync-fail",
@@ -110,6 +115,7 @@ impl FaultKind {
                 | FaultKind::Duplicate
                 | FaultKind::Skew
                 | FaultKind::SkewBeyond
+                | FaultKind::LeaderCrash
         )
     }
 }

@@ -71,6 +71,7 @@ pub enum Ev {
     EndPartition { token: u64 },
     Flap { token: u64, a: usize, b: usize },
     Restart { slot: usize },
+    CrashLeader { slot: usize, term: u64 },
     DiskSpace { slot: usize },
     Resume { slot: usize },
     Drift,
@@ -583,6 +584,17 @@ impl World {
                     self.schedule(d, Ev::Flap { token, a, b });
                 }
             }
+            Ev::CrashLeader { slot, term } => {
+                let still_leading = self.nodes[slot]
+                    .raft
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader && r.term() == term);
+                if still_leading && self.nodes[slot].status == Status::Up && !self.healed {
+                    self.crash(slot);
+                    let down = self.rng.range(100 * MS, SEC);
+                    self.schedule(down, Ev::Restart { slot });
+                }
+            }
             Ev::Restart { slot } => {
                 if self.nodes[slot].status == Status::Down {
                     self.start_process(slot);
@@ -854,6 +866,14 @@ impl World {
                     self.inv.on_leader(id, ss.term, r);
                 }
                 self.record(slot, TraceEvent::Leader { term: ss.term });
+                if self.plan.faults.contains(&FaultKind::LeaderCrash)
+                    && !self.healed
+                    && !self.disk_damage_pending()
+                    && self.rng.chance(0.5)
+                {
+                    let at = self.rng.range(0, 4 * MS);
+                    self.schedule(at, Ev::CrashLeader { slot, term: ss.term });
+                }
             }
             if !rd.entries.is_empty() {
                 let first = rd.entries[0].index;
@@ -864,15 +884,30 @@ impl World {
             for m in rd.messages {
                 self.send(slot, m);
             }
-            if rd.snapshot.is_some()
-                || rd.hard_state.is_some()
-                || !rd.entries.is_empty()
-                || !rd.persisted_messages.is_empty()
+            // A moved commit index rides along with the next write (no fsync of its own);
+            // with nothing else to write it goes to the WAL buffer for the next group fsync.
+            let lazy_commit = match (rd.hard_state, rd.commit_index) {
+                (None, Some(_)) => self.nodes[slot].raft.as_ref().map(Raft::hard_state),
+                _ => None,
+            };
+            if rd.snapshot.is_none()
+                && rd.hard_state.is_none()
+                && rd.entries.is_empty()
+                && rd.persisted_messages.is_empty()
             {
+                if let (Some(hs), Some(store)) = (lazy_commit, self.nodes[slot].store.as_mut())
+                    && let Err(e) = store.log(None, &[], Some(hs))
+                {
+                    self.storage_failed(slot, e);
+                    return;
+                }
+            } else {
                 // Into the WAL now (a snapshot's file is made durable at once); durable at the
                 // next group fsync, which then reports the marker and releases the messages.
                 let Some(store) = self.nodes[slot].store.as_mut() else { return };
-                if let Err(e) = store.log(rd.snapshot.as_ref(), &rd.entries, rd.hard_state) {
+                if let Err(e) =
+                    store.log(rd.snapshot.as_ref(), &rd.entries, rd.hard_state.or(lazy_commit))
+                {
                     self.storage_failed(slot, e);
                     return;
                 }
@@ -1362,7 +1397,8 @@ impl World {
             | FaultKind::Delay
             | FaultKind::Duplicate
             | FaultKind::Skew
-            | FaultKind::SkewBeyond => {}
+            | FaultKind::SkewBeyond
+            | FaultKind::LeaderCrash => {}
         }
         self.record(0, TraceEvent::Nemesis(format!("nemesis: {label}")));
         let next = self.rng.range(100 * MS, SEC);

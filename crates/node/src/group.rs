@@ -327,6 +327,10 @@ struct Group {
     failed: Option<String>,
     was_leader: bool,
     leader: Option<NodeId>,
+    /// The commit index moved since the last hard state record was written.
+    commit_unwritten: bool,
+    /// Ticks handled.
+    ticks: u64,
 }
 
 /// Starts the group's loop; returns its handle and the join handle of its task.
@@ -387,6 +391,8 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
         failed: None,
         was_leader: false,
         leader: None,
+        commit_unwritten: false,
+        ticks: 0,
     };
     g.connect_members();
     g.refresh_status();
@@ -574,6 +580,27 @@ impl Group {
     }
 
     fn on_tick(&mut self) {
+        self.ticks += 1;
+        // At most every tenth tick: on a busy group the commit rides along with writes anyway.
+        if self.commit_unwritten && self.after_persist.is_empty() && self.ticks.is_multiple_of(10) {
+            self.commit_unwritten = false;
+            let hs = self.raft.hard_state();
+            self.after_persist.push_back(Vec::new());
+            let tx = self.persist_tx.clone();
+            let submitted = self.wal.submit(
+                vec![WalOp::HardState { group: self.group, hard_state: hs }],
+                move |r| {
+                    let _ = tx.send(Persisted {
+                        marker: None,
+                        result: r.map(|_| ()).map_err(|e| e.to_string()),
+                    });
+                },
+            );
+            if let Err(e) = submitted {
+                self.fail(format!("write-ahead log: {e}"));
+                return;
+            }
+        }
         if self.raft.role() != Role::Leader {
             return;
         }
@@ -635,6 +662,15 @@ impl Group {
         }
         if let Some(hs) = rd.hard_state {
             ops.push(WalOp::HardState { group: self.group, hard_state: hs });
+            self.commit_unwritten = false;
+        } else if rd.commit_index.is_some() {
+            self.commit_unwritten = true;
+        }
+        // A moved commit index rides along with a write that happens anyway; on an idle
+        // group the tick writes it (it needs no fsync of its own: a lower one on disk is safe).
+        if self.commit_unwritten && !ops.is_empty() {
+            ops.push(WalOp::HardState { group: self.group, hard_state: self.raft.hard_state() });
+            self.commit_unwritten = false;
         }
         if ops.is_empty() {
             if !rd.persisted_messages.is_empty() {
@@ -699,55 +735,34 @@ impl Group {
     }
 
     fn apply(&mut self, entries: &[quorumkv_core::Entry]) {
-        if entries.is_empty() {
-            return;
-        }
+        let Some(last) = entries.last().map(|e| e.index) else { return };
         let now = self.now_ms();
-        let mut last = 0;
-        for e in entries {
-            last = e.index;
-            match e.kind {
-                EntryKind::Normal if e.data.is_empty() => {}
-                EntryKind::Normal => {
-                    let result = self.sm.apply(e.index, &e.data);
-                    match &result {
-                        Ok(outcome) => {
-                            if !outcome.events.is_empty() {
-                                self.shared.hub.lock().on_commit(outcome.revision, &outcome.events);
-                            }
-                            self.lease_clock.on_changes(&outcome.lease_changes, now);
-                        }
-                        Err(err) if !err.is_deterministic() => {
-                            self.fail(format!("applying entry {}: {err}", e.index));
-                            return;
-                        }
-                        Err(_) => {}
-                    }
-                    if let Some((term, reply)) = self.proposals.remove(&e.index) {
-                        let answer = if term != e.term {
-                            Err(GroupError::Unknown)
-                        } else {
-                            result
-                                .map(|outcome| Applied { outcome, term })
-                                .map_err(GroupError::Apply)
-                        };
-                        let _ = reply.send(answer);
-                    }
+        // Runs of commands go to the state machine as one batch (one store transaction);
+        // a membership entry ends a run, since it writes the member directory itself.
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let run = rest.iter().take_while(|e| e.kind == EntryKind::Normal).count();
+            if run > 0 {
+                let (commands, tail) = rest.split_at(run);
+                rest = tail;
+                if !self.apply_commands(commands, now) {
+                    return;
                 }
-                EntryKind::ConfChange => {
-                    if let Err(err) = self.apply_membership(e.index, &e.data) {
-                        self.fail(format!("applying membership entry {}: {err}", e.index));
-                        return;
-                    }
-                    if let Some((term, reply)) = self.conf_waiters.remove(&e.index) {
-                        let answer = if term == e.term {
-                            Ok(self.raft.conf_state().clone())
-                        } else {
-                            Err(GroupError::Unknown)
-                        };
-                        let _ = reply.send(answer);
-                    }
-                }
+                continue;
+            }
+            let e = &rest[0];
+            rest = &rest[1..];
+            if let Err(err) = self.apply_membership(e.index, &e.data) {
+                self.fail(format!("applying membership entry {}: {err}", e.index));
+                return;
+            }
+            if let Some((term, reply)) = self.conf_waiters.remove(&e.index) {
+                let answer = if term == e.term {
+                    Ok(self.raft.conf_state().clone())
+                } else {
+                    Err(GroupError::Unknown)
+                };
+                let _ = reply.send(answer);
             }
         }
         // Proposals at indexes now applied by other entries are settled (lost).
@@ -765,6 +780,40 @@ impl Group {
         }
         self.shared.hub_notify.notify_waiters();
         self.shared.metrics.raft_applied_index.store(last, Relaxed);
+    }
+
+    /// Applies a run of normal entries in one state machine batch and answers their
+    /// proposers. False if the group failed (a fatal store error).
+    fn apply_commands(&mut self, entries: &[quorumkv_core::Entry], now: u64) -> bool {
+        // A leader's no-op carries no command: it only moves the applied index.
+        let batch: Vec<(LogIndex, &[u8])> =
+            entries.iter().filter(|e| !e.data.is_empty()).map(|e| (e.index, &e.data[..])).collect();
+        let outcomes = match self.sm.apply_batch(&batch) {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                let (first, last) = (entries[0].index, entries[entries.len() - 1].index);
+                self.fail(format!("applying entries {first}..={last}: {err}"));
+                return false;
+            }
+        };
+        let commands = entries.iter().filter(|e| !e.data.is_empty());
+        for (e, result) in commands.zip(outcomes) {
+            if let Ok(outcome) = &result {
+                if !outcome.events.is_empty() {
+                    self.shared.hub.lock().on_commit(outcome.revision, &outcome.events);
+                }
+                self.lease_clock.on_changes(&outcome.lease_changes, now);
+            }
+            if let Some((term, reply)) = self.proposals.remove(&e.index) {
+                let answer = if term != e.term {
+                    Err(GroupError::Unknown)
+                } else {
+                    result.map(|outcome| Applied { outcome, term }).map_err(GroupError::Apply)
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        true
     }
 
     fn apply_membership(&mut self, index: LogIndex, data: &[u8]) -> Result<(), String> {

@@ -118,10 +118,9 @@ impl NodeSlot {
     }
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port that a restarted node can bind again (see `quorumkv_node::ports`).
 fn free_port() -> Result<u16, ChaosError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(ChaosError::io("bind a port"))?;
-    Ok(l.local_addr().map_err(ChaosError::io("read a port"))?.port())
+    quorumkv_node::ports::free_loopback_port().map_err(ChaosError::io("find a free port"))
 }
 
 /// The cluster under test.

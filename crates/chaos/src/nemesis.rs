@@ -1,7 +1,8 @@
 //! Nemeses: the faults, injected on a schedule drawn from the run's seed.
 //!
 //! The schedule alternates quiet gaps (2–4 s) and fault windows (3–7 s). A window holds one
-//! fault, or two of different kinds at once (with probability 0.3, when two or more kinds
+//! fault, dealt from a shuffled deck of the enabled kinds (so every kind comes up once per
+//! round, and a short run still sees each of them), or two of different kinds at once (with probability 0.3, when two or more kinds
 //! are enabled; membership changes and clock skew always run alone). At the end of a window
 //! the fault is healed. Every window is recorded with its start and end, for the report's
 //! shading.
@@ -183,12 +184,21 @@ impl Nemesis {
         }
         // A short warm-up: the workloads start against a healthy cluster.
         tokio::time::sleep_until(Instant::now() + Duration::from_secs(2)).await;
+        let mut deck: Vec<Kind> = Vec::new();
         loop {
             let hold = Duration::from_millis(self.rng.range(3000, 7000));
             if Instant::now() + Duration::from_secs(3) > until {
                 break;
             }
-            let first = *self.rng.pick(&self.kinds).unwrap_or(&Kind::Partition);
+            if deck.is_empty() {
+                deck = self.kinds.clone();
+                // Fisher–Yates, from the run's seed.
+                for i in (1..deck.len()).rev() {
+                    let j = self.rng.range(0, i as u64 + 1) as usize;
+                    deck.swap(i, j);
+                }
+            }
+            let Some(first) = deck.pop() else { break };
             let mut chosen = vec![first];
             if !first.solo() && self.kinds.len() > 1 && self.rng.chance(0.3) {
                 let others: Vec<Kind> =

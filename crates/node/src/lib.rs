@@ -17,6 +17,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod ports;
 pub mod transport;
 
 pub use config::NodeConfig;

@@ -8,7 +8,7 @@
 #![allow(dead_code)] // Each test binary uses part of this module.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,9 +25,7 @@ pub fn quorumkv_bin() -> PathBuf {
 
 /// Free loopback ports: bound together (so they differ), then released for the servers.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+    (0..n).map(|_| quorumkv_node::ports::free_loopback_port().expect("a free port")).collect()
 }
 
 /// Polls `cond` until it holds; panics naming `what` at the deadline.

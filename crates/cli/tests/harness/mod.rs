@@ -6,7 +6,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,12 +18,9 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_quorumkv")
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port a restarted node can bind again.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    quorumkv_node::ports::free_loopback_port().expect("a free port")
 }
 
 /// One node of a test cluster.

@@ -7,6 +7,8 @@
 //! - **Leader completeness**: a new leader holds every entry any node has applied.
 //! - **State machine safety**: no two nodes apply different entries at one index.
 //! - **Commit monotonicity**: a replica's commit index never decreases.
+//! - **Current-term commit** (§3.6.2, Figure 3.7): a leader moves its commit index only to an
+//!   entry of its own term; older entries commit with it, never by counting their replicas.
 //! - **No acknowledged write lost**: every write acknowledged to a client is the entry every
 //!   node applies at its index.
 
@@ -112,10 +114,27 @@ impl Invariants {
         self.acked.insert(index, term);
     }
 
-    /// A replica's commit index moved from `before` to `after`.
-    pub fn on_commit(&mut self, id: NodeId, before: LogIndex, after: LogIndex) {
+    /// A replica's commit index moved from `before` to `after`; `leader` is its term and the
+    /// term of the entry at `after` if it is the leader.
+    pub fn on_commit(
+        &mut self,
+        id: NodeId,
+        before: LogIndex,
+        after: LogIndex,
+        leader: Option<(Term, Option<Term>)>,
+    ) {
         if after < before {
             self.fail(format!("commit monotonicity: node {id} commit went {before} -> {after}"));
+        }
+        if let Some((term, entry_term)) = leader
+            && after > before
+            && entry_term != Some(term)
+        {
+            self.fail(format!(
+                "current-term commit: leader {id} of term {term} committed up to {after}, an \
+                 entry of term {}",
+                entry_term.map_or_else(|| "?".to_string(), |t| t.to_string())
+            ));
         }
     }
 

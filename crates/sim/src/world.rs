@@ -246,6 +246,8 @@ pub struct World {
     partition_token: u64,
     heal_at: Time,
     healed: bool,
+    /// Leader churn (the leader-crash fault) lasts until this time.
+    leader_churn_until: Time,
     clients_stopped: bool,
     recovered_after: Option<Time>,
     ops_completed: u64,
@@ -336,6 +338,7 @@ impl World {
             trace: Trace::new(slots, full_trace),
             partition_token: 0,
             healed: false,
+            leader_churn_until: 0,
             clients_stopped: false,
             recovered_after: None,
             ops_completed: 0,
@@ -591,7 +594,7 @@ impl World {
                     .is_some_and(|r| r.role() == Role::Leader && r.term() == term);
                 if still_leading && self.nodes[slot].status == Status::Up && !self.healed {
                     self.crash(slot);
-                    let down = self.rng.range(100 * MS, SEC);
+                    let down = self.rng.range(20 * MS, 500 * MS);
                     self.schedule(down, Ev::Restart { slot });
                 }
             }
@@ -866,12 +869,14 @@ impl World {
                     self.inv.on_leader(id, ss.term, r);
                 }
                 self.record(slot, TraceEvent::Leader { term: ss.term });
-                if self.plan.faults.contains(&FaultKind::LeaderCrash)
+                if self.now < self.leader_churn_until
                     && !self.healed
                     && !self.disk_damage_pending()
-                    && self.rng.chance(0.5)
+                    && self.rng.chance(0.7)
                 {
-                    let at = self.rng.range(0, 4 * MS);
+                    // Mostly inside one round trip, sometimes after a few.
+                    let within = *self.rng.pick(&[300, 2 * MS, 10 * MS]).unwrap_or(&MS);
+                    let at = self.rng.range(0, within);
                     self.schedule(at, Ev::CrashLeader { slot, term: ss.term });
                 }
             }
@@ -969,7 +974,8 @@ impl World {
                 let c = r.commit_index();
                 let before = n.commit_seen;
                 n.commit_seen = c.max(before);
-                self.inv.on_commit(id, before, c);
+                let leader = (r.role() == Role::Leader).then(|| (r.term(), r.term_at(c)));
+                self.inv.on_commit(id, before, c, leader);
             }
         }
     }
@@ -1331,6 +1337,16 @@ impl World {
                     self.schedule(duration, Ev::Restart { slot });
                 }
             }
+            FaultKind::LeaderCrash => {
+                // Start the churn with the current leader; each next one may follow it.
+                self.leader_churn_until = self.now + duration;
+                if let Some(l) = self.leader_slot()
+                    && !self.disk_damage_pending()
+                {
+                    let term = self.nodes[l].raft.as_ref().map_or(0, Raft::term);
+                    self.schedule(0, Ev::CrashLeader { slot: l, term });
+                }
+            }
             FaultKind::Bitflip => self.flip_a_bit(duration),
             FaultKind::FsyncFail if !self.disk_damage_pending() => {
                 let slot = self.rng.range(0, n as u64) as usize;
@@ -1397,8 +1413,7 @@ impl World {
             | FaultKind::Delay
             | FaultKind::Duplicate
             | FaultKind::Skew
-            | FaultKind::SkewBeyond
-            | FaultKind::LeaderCrash => {}
+            | FaultKind::SkewBeyond => {}
         }
         self.record(0, TraceEvent::Nemesis(format!("nemesis: {label}")));
         let next = self.rng.range(100 * MS, SEC);

@@ -52,17 +52,17 @@ fn stale_follower_read_is_caught_by_the_linearizability_checker() {
 #[cfg(feature = "bug-commit-old-term")]
 #[test]
 fn committing_an_old_term_entry_by_count_is_caught() {
-    // The hazard needs a leader to change while an old-term entry sits on a majority:
-    // crashes, partitions and small append batches make that common.
-    let reports = sweep(150, |o| {
-        o.nodes = Some(5);
-        o.faults = Some(vec![
-            FaultKind::Crash,
-            FaultKind::Partition,
-            FaultKind::IsolateLeader,
-            FaultKind::Loss,
-        ]);
+    // A new leader that replicates an old-term entry apart from its own no-op (one entry per
+    // message) commits it by count: the current-term commit invariant sees that at once. The
+    // full hazard (a later leader overwriting the entry, Figure 3.7) needs leader churn and is
+    // rarer; the history and the other invariants catch that one when it happens.
+    let reports = sweep(60, |o| {
+        o.faults = Some(vec![FaultKind::LeaderCrash, FaultKind::Partition, FaultKind::Loss]);
     });
-    let caught = failing(&reports);
-    assert!(caught >= 3, "only {caught} of 150 seeds caught the old-term commit");
+    let caught = reports
+        .iter()
+        .filter(|r| r.violations.iter().any(|v| v.starts_with("current-term commit")))
+        .count();
+    assert!(caught >= 3, "only {caught} of 60 seeds caught the old-term commit");
+    assert!(failing(&reports) >= caught);
 }

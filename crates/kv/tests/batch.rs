@@ -225,19 +225,7 @@ proptest! {
         sizes in proptest::collection::vec(1usize..24, 1..6),
     ) {
         let dir = TempDir::new("batch-prop");
-        let mut n = 0;
-        let mut make = || {
-            n += 1;
-            let sub = dir.0.join(format!("s{n}"));
-            std::fs::create_dir_all(&sub).expect("mkdir");
-            quorumkv_storage::mvcc::RedbStore::open(
-                std::sync::Arc::new(quorumkv_storage::disk::RealDisk::new()),
-                &sub.join("state.redb"),
-                redb_options(),
-            )
-            .expect("open redb")
-        };
-        check_log(&mut make, &log, &sizes)?;
+        check_log(&mut redb_maker(&dir), &log, &sizes)?;
     }
 }
 

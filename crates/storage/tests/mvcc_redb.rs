@@ -80,50 +80,71 @@ fn assert_consistent(store: &RedbStore) -> u64 {
     applied
 }
 
-#[test]
-fn power_loss_at_any_point_recovers_a_consistent_prefix() {
-    let deferred = CommitDurability::Deferred { sync_every_commits: 4 };
+/// Cuts the power at ~40 points spread over the disk mutations of `run` (which records in
+/// its second argument the last entry a sync made durable), recovers, and calls `check` with
+/// the cut, the recovered store, its consistent applied index and the last synced entry.
+/// Returns the applied indexes recovered.
+fn at_every_power_cut(
+    mode: CommitDurability,
+    seed: u64,
+    run: impl Fn(&RedbStore, &mut u64),
+    check: impl Fn(u64, &RedbStore, u64, u64),
+) -> Vec<u64> {
     // Count the disk mutations of a full run, then cut the power at points spread over it.
     let total = {
-        let disk = sim_disk(1);
-        let store = RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(deferred))
-            .expect("open");
-        for index in 1..=24 {
-            apply(&store, index).expect("apply");
-        }
+        let disk = sim_disk(seed);
+        let store =
+            RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(mode)).expect("open");
+        run(&store, &mut 0);
+        assert_consistent(&store);
         disk.stats().mutations
     };
     let mut recovered = Vec::new();
     for (n, cut) in (0..total).step_by((total as usize / 40).max(1)).enumerate() {
-        let disk = sim_disk(n as u64 + 100);
+        let disk = sim_disk(seed + 100 + n as u64);
         let mut synced = 0;
         {
-            let store = RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(deferred))
+            let store = RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(mode))
                 .expect("open");
             disk.power_off_after(cut);
-            for index in 1..=24 {
-                if apply(&store, index).is_err() {
-                    break;
-                }
-                if index % 4 == 0 {
-                    synced = index;
-                }
-            }
+            run(&store, &mut synced);
             // The process dies with the power: the store is dropped with the disk dead.
         }
         disk.crash_with(CrashMode::Random);
-        let store =
-            RedbStore::open(Arc::new(disk), Path::new(DB), options(deferred)).expect("reopen");
+        let store = RedbStore::open(Arc::new(disk), Path::new(DB), options(mode)).expect("reopen");
         let applied = assert_consistent(&store);
         assert!(
             applied >= synced,
-            "cut at mutation {cut}: applied {applied} lost a synced commit {synced}"
+            "cut at mutation {cut}: applied {applied} lost what was synced up to {synced}"
         );
+        check(cut, &store, applied, synced);
         recovered.push(applied);
-        // The recovered store keeps working.
-        apply(&store, applied + 1).expect("apply after recovery");
-        assert_consistent(&store);
     }
+    recovered
+}
+
+#[test]
+fn power_loss_at_any_point_recovers_a_consistent_prefix() {
+    let run = |store: &RedbStore, synced: &mut u64| {
+        for index in 1..=24 {
+            if apply(store, index).is_err() {
+                return;
+            }
+            if index % 4 == 0 {
+                *synced = index;
+            }
+        }
+    };
+    let recovered = at_every_power_cut(
+        CommitDurability::Deferred { sync_every_commits: 4 },
+        1,
+        run,
+        |_, store, applied, _| {
+            // The recovered store keeps working.
+            apply(store, applied + 1).expect("apply after recovery");
+            assert_consistent(store);
+        },
+    );
     // The cuts landed at different places: some early, some late.
     assert!(recovered.iter().any(|&a| a < 8) && recovered.iter().any(|&a| a >= 16));
 }
@@ -135,7 +156,6 @@ fn power_loss_at_any_point_recovers_a_consistent_prefix() {
 fn power_loss_without_commit_fsyncs_recovers_a_consistent_prefix() {
     const BATCH: u64 = 5;
     const BATCHES: u64 = 12;
-    let mode = CommitDurability::ON_SYNC_ONLY;
     let run = |store: &RedbStore, synced: &mut u64| {
         for b in 0..BATCHES {
             let (first, last) = (b * BATCH + 1, (b + 1) * BATCH);
@@ -150,36 +170,12 @@ fn power_loss_without_commit_fsyncs_recovers_a_consistent_prefix() {
             }
         }
     };
-    let total = {
-        let disk = sim_disk(21);
-        let store =
-            RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(mode)).expect("open");
-        run(&store, &mut 0);
-        assert_eq!(assert_consistent(&store), BATCH * BATCHES);
-        disk.stats().mutations
-    };
-    let mut recovered = Vec::new();
-    for (n, cut) in (0..total).step_by((total as usize / 40).max(1)).enumerate() {
-        let disk = sim_disk(n as u64 + 200);
-        let mut synced = 0;
-        {
-            let store = RedbStore::open(Arc::new(disk.clone()), Path::new(DB), options(mode))
-                .expect("open");
-            disk.power_off_after(cut);
-            run(&store, &mut synced);
-        }
-        disk.crash_with(CrashMode::Random);
-        let store = RedbStore::open(Arc::new(disk), Path::new(DB), options(mode)).expect("reopen");
-        let applied = assert_consistent(&store);
-        assert!(
-            applied >= synced,
-            "cut at mutation {cut}: applied {applied} lost the synced batch ending at {synced}"
-        );
-        assert_eq!(applied % BATCH, 0, "cut at mutation {cut}: recovered inside a batch");
-        recovered.push(applied);
-        apply_batch(&store, applied + 1, applied + BATCH).expect("apply after recovery");
-        assert_consistent(&store);
-    }
+    let recovered =
+        at_every_power_cut(CommitDurability::ON_SYNC_ONLY, 21, run, |cut, store, applied, _| {
+            assert_eq!(applied % BATCH, 0, "cut at mutation {cut}: recovered inside a batch");
+            apply_batch(store, applied + 1, applied + BATCH).expect("apply after recovery");
+            assert_consistent(store);
+        });
     assert!(recovered.iter().any(|&a| a < 20) && recovered.iter().any(|&a| a >= 40));
 }
 

@@ -218,21 +218,26 @@ macro_rules! on_both_backends {
             #[test]
             fn redb() {
                 let dir = common::TempDir::new(stringify!($name));
-                let mut n = 0;
-                $body(|| {
-                    n += 1;
-                    let sub = dir.0.join(format!("s{n}"));
-                    std::fs::create_dir_all(&sub).expect("mkdir");
-                    quorumkv_storage::mvcc::RedbStore::open(
-                        std::sync::Arc::new(quorumkv_storage::disk::RealDisk::new()),
-                        &sub.join("state.redb"),
-                        common::redb_options(),
-                    )
-                    .expect("open redb")
-                });
+                $body(common::redb_maker(&dir));
             }
         }
     };
+}
+
+/// Opens a fresh redb store in its own subfolder of `dir` on every call.
+pub fn redb_maker(dir: &TempDir) -> impl FnMut() -> quorumkv_storage::mvcc::RedbStore + '_ {
+    let mut n = 0;
+    move || {
+        n += 1;
+        let sub = dir.0.join(format!("s{n}"));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        quorumkv_storage::mvcc::RedbStore::open(
+            std::sync::Arc::new(quorumkv_storage::disk::RealDisk::new()),
+            &sub.join("state.redb"),
+            redb_options(),
+        )
+        .expect("open redb")
+    }
 }
 
 pub fn mem() -> MemStore {

@@ -279,7 +279,9 @@ impl Cluster {
             .args(["--client-addr", &s.client, "--peer-addr", &s.peer, "--http-addr", &s.http])
             .args(["--advertise-peer-addr", &s.ingress])
             .args(["--initial-cluster", &s.initial_cluster])
-            .args(["--log-format", "json", "--log-level", "info"]);
+            .args(["--log-format", "json", "--log-level", "info"])
+            // Snapshots and their installs on lagging or wiped nodes happen within a short run.
+            .args(["--snapshot-entries", "2000"]);
         if s.join {
             cmd.args(["--join", "true"]);
         }

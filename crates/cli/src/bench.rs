@@ -399,8 +399,9 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
             });
         }
     }
-    // Stop waiting a few seconds after the end, whatever is still in flight.
-    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+    // Stop waiting a few seconds after the end, whatever is still in flight. (Counted from the
+    // end, not from now: closed-loop clients only finish, and merge their histograms, then.)
+    let _ = tokio::time::timeout_at((end + Duration::from_secs(5)).into(), async {
         while tasks.join_next().await.is_some() {}
     })
     .await;

@@ -90,7 +90,8 @@ pub struct NodeConfig {
     pub election_ticks: u64,
     /// Heartbeat interval in ticks.
     pub heartbeat_ticks: u64,
-    /// Take a snapshot and compact the log every this many applied entries.
+    /// Take a snapshot and compact the log every this many applied entries (etcd's
+    /// `--snapshot-count` default too: a snapshot encodes the whole store, so not too often).
     pub snapshot_entries: u64,
     /// Serve linearizable reads from a leader lease instead of a heartbeat round.
     pub lease_reads: bool,
@@ -138,7 +139,7 @@ impl Default for NodeConfig {
             tick_ms: 10,
             election_ticks: 50,
             heartbeat_ticks: 5,
-            snapshot_entries: 10_000,
+            snapshot_entries: 100_000,
             lease_reads: false,
             lease_drift_ticks: 10,
             max_key_bytes: 4 << 10,

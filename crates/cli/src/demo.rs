@@ -153,7 +153,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  press Ctrl-C to stop the cluster");
     let started = Instant::now();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // A runtime with a worker thread of its own: the loop below never drives the runtime, and
+    // on a current-thread one the Ctrl-C task would never be polled, leaving SIGINT's default
+    // action (exit at once, nodes left running when the signal reached the demo alone).
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let flag = stop.clone();
     rt.spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

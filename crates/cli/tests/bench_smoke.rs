@@ -12,7 +12,7 @@ struct Demo(Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        // SIGINT: the demo stops its nodes; a kill as a fallback.
+        // SIGINT, as Ctrl-C would send: the demo stops its nodes; a kill as a fallback.
         let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -97,6 +97,36 @@ fn bench_measures_every_workload_against_the_demo() {
         let max = r["latency_ms_max"].as_f64().unwrap_or(0.0);
         assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{extra:?}: percentiles out of order: {r}");
         assert!((r["ops_per_sec"].as_f64().unwrap_or(0.0) - ops as f64 / 2.0).abs() < 1.0);
+    }
+}
+
+/// The pids of `quorumkv server` processes whose data folder is under `dir`.
+fn servers_under(dir: &std::path::Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie =
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && cmdline.contains(" server ") && cmdline.contains(&needle) {
+            pids.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    pids
+}
+
+#[test]
+fn the_demo_stops_its_nodes_on_sigint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (demo, _) = start_demo(dir.path());
+    assert_eq!(servers_under(dir.path()).len(), 3, "three nodes run");
+    drop(demo);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !servers_under(dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "nodes left running: {:?}", servers_under(dir.path()));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

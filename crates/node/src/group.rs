@@ -137,7 +137,23 @@ pub enum Input {
 struct Persisted {
     marker: Option<(LogIndex, Term)>,
     result: Result<(), String>,
+    /// Messages the WAL thread could not hand to the transport (a peer it does not dial yet):
+    /// the loop sends them.
+    unsent: Vec<Message>,
 }
+
+/// Messages that may go once one WAL submission is durable. The WAL thread sends them the
+/// moment its fsync returns — one thread wake-up less on the path of a follower's
+/// acknowledgement than a detour through the group loop. The loop adds to a submission still
+/// in flight (so order is kept), and sends at once if it is already durable.
+#[derive(Default)]
+struct AfterPersist {
+    durable: bool,
+    failed: bool,
+    messages: Vec<Message>,
+}
+
+type AfterPersistSlot = Arc<Mutex<AfterPersist>>;
 
 /// What operators and the API layer see of the group.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -316,8 +332,8 @@ struct Group {
     reads: BTreeMap<ReadId, oneshot::Sender<Result<(), GroupError>>>,
     ready_reads: Vec<(LogIndex, oneshot::Sender<Result<(), GroupError>>)>,
     next_read: ReadId,
-    /// Messages waiting for each in-flight WAL submission, oldest first.
-    after_persist: VecDeque<Vec<Message>>,
+    /// Each in-flight WAL submission with the messages waiting for it, oldest first.
+    after_persist: VecDeque<AfterPersistSlot>,
     persist_tx: mpsc::UnboundedSender<Persisted>,
     lease_clock: LeaseClock,
     epoch: Instant,
@@ -585,19 +601,8 @@ impl Group {
         if self.commit_unwritten && self.after_persist.is_empty() && self.ticks.is_multiple_of(10) {
             self.commit_unwritten = false;
             let hs = self.raft.hard_state();
-            self.after_persist.push_back(Vec::new());
-            let tx = self.persist_tx.clone();
-            let submitted = self.wal.submit(
-                vec![WalOp::HardState { group: self.group, hard_state: hs }],
-                move |r| {
-                    let _ = tx.send(Persisted {
-                        marker: None,
-                        result: r.map(|_| ()).map_err(|e| e.to_string()),
-                    });
-                },
-            );
-            if let Err(e) = submitted {
-                self.fail(format!("write-ahead log: {e}"));
+            let op = WalOp::HardState { group: self.group, hard_state: hs };
+            if !self.submit_wal(vec![op], None, Vec::new()) {
                 return;
             }
         }
@@ -625,9 +630,51 @@ impl Group {
         if let Some((index, term)) = p.marker {
             self.raft.on_persisted(index, term);
         }
-        for m in self.after_persist.pop_front().unwrap_or_default() {
+        // The WAL thread has sent the submission's messages already, all but these.
+        self.after_persist.pop_front();
+        for m in p.unsent {
             self.send(m);
         }
+    }
+
+    /// Submits `ops` to the WAL; once durable, `messages` go out (from the WAL thread) and
+    /// the loop hears of it with `marker`. False if the group failed.
+    fn submit_wal(
+        &mut self,
+        ops: Vec<WalOp>,
+        marker: Option<(LogIndex, Term)>,
+        messages: Vec<Message>,
+    ) -> bool {
+        let slot: AfterPersistSlot =
+            Arc::new(Mutex::new(AfterPersist { messages, ..Default::default() }));
+        self.after_persist.push_back(slot.clone());
+        let (tx, transport) = (self.persist_tx.clone(), self.transport.clone());
+        let metrics = self.shared.metrics.clone();
+        let started = Instant::now();
+        let submitted = self.wal.submit(ops, move |r| {
+            metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
+            let result = r.map(|_| ()).map_err(|e| e.to_string());
+            let messages = {
+                let mut s = slot.lock();
+                s.durable = true;
+                s.failed = result.is_err();
+                std::mem::take(&mut s.messages)
+            };
+            let mut unsent = Vec::new();
+            if result.is_ok() {
+                for m in messages {
+                    if let Err(m) = transport.send_if_dialled(m) {
+                        unsent.push(m);
+                    }
+                }
+            }
+            let _ = tx.send(Persisted { marker, result, unsent });
+        });
+        if let Err(e) = submitted {
+            self.fail(format!("write-ahead log: {e}"));
+            return false;
+        }
+        true
     }
 
     fn send(&mut self, m: Message) {
@@ -674,30 +721,22 @@ impl Group {
         }
         if ops.is_empty() {
             if !rd.persisted_messages.is_empty() {
-                match self.after_persist.back_mut() {
-                    // Earlier writes are in flight: these wait for them (and so for order).
-                    Some(last) => last.extend(rd.persisted_messages),
-                    None => {
-                        for m in rd.persisted_messages {
-                            self.send(m);
-                        }
+                // Earlier writes still in flight: these wait for them (and so keep order).
+                let mut now = rd.persisted_messages;
+                if let Some(last) = self.after_persist.back() {
+                    let mut s = last.lock();
+                    if s.failed {
+                        now.clear();
+                    } else if !s.durable {
+                        s.messages.append(&mut now);
                     }
                 }
+                for m in now {
+                    self.send(m);
+                }
             }
-        } else {
-            self.after_persist.push_back(rd.persisted_messages);
-            let tx = self.persist_tx.clone();
-            let metrics = self.shared.metrics.clone();
-            let started = Instant::now();
-            let submitted = self.wal.submit(ops, move |r| {
-                metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
-                let _ =
-                    tx.send(Persisted { marker, result: r.map(|_| ()).map_err(|e| e.to_string()) });
-            });
-            if let Err(e) = submitted {
-                self.fail(format!("write-ahead log: {e}"));
-                return;
-            }
+        } else if !self.submit_wal(ops, marker, rd.persisted_messages) {
+            return;
         }
         self.apply(&rd.committed_entries);
         for rs in rd.read_states {
@@ -949,18 +988,7 @@ impl Group {
             return;
         }
         if self.raft.compact(meta.index, data).is_ok() {
-            let tx = self.persist_tx.clone();
-            self.after_persist.push_back(Vec::new());
-            let submitted =
-                self.wal.submit(vec![WalOp::Compact { group: self.group, meta }], move |r| {
-                    let _ = tx.send(Persisted {
-                        marker: None,
-                        result: r.map(|_| ()).map_err(|e| e.to_string()),
-                    });
-                });
-            if let Err(e) = submitted {
-                self.fail(format!("write-ahead log: {e}"));
-            }
+            self.submit_wal(vec![WalOp::Compact { group: self.group, meta }], None, Vec::new());
         }
     }
 

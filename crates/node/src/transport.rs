@@ -128,28 +128,33 @@ impl Transport {
     /// Queues a message for its destination; drops it (counted) if the queue is full or the
     /// peer unknown.
     pub fn send(&self, m: Message) {
-        if !self.inner.peers.read().contains_key(&m.to) {
-            // A peer we were never told to dial but that introduced itself (a leader
-            // replicating to a node that joined with an empty log): answer it.
-            let known = self
-                .inner
-                .directory
-                .read()
-                .get(&m.to)
-                .map(|p| p.peer_addr.clone())
-                .filter(|a| !a.is_empty());
-            if let Some(addr) = known {
-                self.set_peer(m.to, &addr);
-            }
+        let Err(m) = self.send_if_dialled(m) else { return };
+        // A peer we were never told to dial but that introduced itself (a leader replicating
+        // to a node that joined with an empty log): answer it.
+        let known = self
+            .inner
+            .directory
+            .read()
+            .get(&m.to)
+            .map(|p| p.peer_addr.clone())
+            .filter(|a| !a.is_empty());
+        if let Some(addr) = known {
+            self.set_peer(m.to, &addr);
         }
-        let peers = self.inner.peers.read();
-        let Some(p) = peers.get(&m.to) else {
+        if self.send_if_dialled(m).is_err() {
             self.inner.metrics.peer_messages_dropped.fetch_add(1, Relaxed);
-            return;
-        };
+        }
+    }
+
+    /// Queues a message if its destination is a peer we dial (dropped, counted, if its queue
+    /// is full); gives it back otherwise. Callable from any thread: it starts no task.
+    pub fn send_if_dialled(&self, m: Message) -> Result<(), Message> {
+        let peers = self.inner.peers.read();
+        let Some(p) = peers.get(&m.to) else { return Err(m) };
         if p.tx.try_send(m).is_err() {
             self.inner.metrics.peer_messages_dropped.fetch_add(1, Relaxed);
         }
+        Ok(())
     }
 
     /// What we know of every member (ourselves included), from configuration and handshakes.

@@ -117,7 +117,9 @@ async fn three_nodes_elect_replicate_and_survive_leader_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_joins_as_learner_is_promoted_and_a_node_is_removed() {
-    let mut c = Cluster::start(3);
+    // Snapshots every few entries: by the time the learner joins, the log it needs is gone
+    // and it must be sent a snapshot (taken off the group loop on the leader).
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", "8"]);
     let leader = c.wait_leader(Duration::from_secs(20));
     let mut kv = c.kv(leader).await;
     for k in 0..20 {
@@ -145,6 +147,8 @@ async fn a_fourth_node_joins_as_learner_is_promoted_and_a_node_is_removed() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let log = c.nodes[idx].log_tail(500);
+    assert!(log.contains("installing snapshot from the leader"), "no snapshot install:\n{log}");
     cluster.member_promote(MemberPromoteRequest { id: 4 }).await.expect("promote");
     let members = cluster
         .member_list(MemberListRequest { linearizable: true })

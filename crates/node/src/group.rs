@@ -321,7 +321,10 @@ struct Group {
     raft: Raft,
     sm: StateMachine<RedbStore>,
     wal: Arc<WalWriter>,
-    snapshots: SnapshotFileStore,
+    snapshots: Arc<SnapshotFileStore>,
+    /// A snapshot is being encoded and saved off the loop; its result comes on this channel.
+    snapshotting: bool,
+    snapshot_tx: mpsc::UnboundedSender<Result<Snapshot, String>>,
     transport: Transport,
     shared: Arc<Shared>,
     tick: Duration,
@@ -329,6 +332,8 @@ struct Group {
     max_inflight: usize,
     proposals: BTreeMap<LogIndex, (Term, ProposeReply)>,
     conf_waiters: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<ConfState, GroupError>>)>,
+    /// Changes applied while the configuration is still joint, answered once it is not.
+    leave_waiters: Vec<oneshot::Sender<Result<ConfState, GroupError>>>,
     reads: BTreeMap<ReadId, oneshot::Sender<Result<(), GroupError>>>,
     ready_reads: Vec<(LogIndex, oneshot::Sender<Result<(), GroupError>>)>,
     next_read: ReadId,
@@ -363,6 +368,7 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
     });
     let (tx, rx) = mpsc::channel(65_536);
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+    let (snapshot_tx, snapshot_rx) = mpsc::unbounded_channel();
     let epoch = Instant::now();
     let mut lease_clock = LeaseClock::new(Default::default());
     let members = load_members(&shared.store, &p.initial_members);
@@ -382,7 +388,9 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
         id: p.raft.id,
         raft,
         wal: p.wal,
-        snapshots: p.snapshots,
+        snapshots: Arc::new(p.snapshots),
+        snapshotting: false,
+        snapshot_tx,
         transport: p.transport,
         shared: shared.clone(),
         tick: p.tick,
@@ -390,6 +398,7 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
         max_inflight: p.max_inflight_proposals,
         proposals: BTreeMap::new(),
         conf_waiters: BTreeMap::new(),
+        leave_waiters: Vec::new(),
         reads: BTreeMap::new(),
         ready_reads: Vec::new(),
         next_read: 1,
@@ -413,8 +422,17 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
     g.connect_members();
     g.refresh_status();
     let handle = GroupHandle { tx, shared };
-    let task = tokio::spawn(async move { g.run(rx, persist_rx).await });
+    let task = tokio::spawn(async move { g.run(rx, persist_rx, snapshot_rx).await });
     Ok((handle, task))
+}
+
+/// Writes a snapshot file (durably) and drops the oldest beyond what the store keeps.
+fn save_snapshot_file(snapshots: &SnapshotFileStore, snap: &Snapshot) -> Result<(), String> {
+    let mut file = snapshots.create(snap.meta.index, snap.meta.term).map_err(|e| e.to_string())?;
+    file.write_chunk(0, &snap.data).map_err(|e| e.to_string())?;
+    file.finish().map_err(|e| e.to_string())?;
+    let _ = snapshots.gc();
+    Ok(())
 }
 
 fn seed() -> u64 {
@@ -439,6 +457,7 @@ impl Group {
         &mut self,
         mut rx: mpsc::Receiver<Input>,
         mut persist_rx: mpsc::UnboundedReceiver<Persisted>,
+        mut snapshot_rx: mpsc::UnboundedReceiver<Result<Snapshot, String>>,
     ) {
         let mut next_tick = tokio::time::Instant::now() + self.tick;
         loop {
@@ -459,6 +478,7 @@ impl Group {
                     Some(input) => self.handle(input),
                     None => return,
                 },
+                Some(taken) = snapshot_rx.recv() => self.on_snapshot_taken(taken),
                 _ = tokio::time::sleep_until(next_tick) => {}
             }
             let now = tokio::time::Instant::now();
@@ -796,12 +816,19 @@ impl Group {
                 return;
             }
             if let Some((term, reply)) = self.conf_waiters.remove(&e.index) {
-                let answer = if term == e.term {
-                    Ok(self.raft.conf_state().clone())
+                if term == e.term {
+                    self.leave_waiters.push(reply);
                 } else {
-                    Err(GroupError::Unknown)
-                };
-                let _ = reply.send(answer);
+                    let _ = reply.send(Err(GroupError::Unknown));
+                }
+            }
+            // A change is answered once the configuration has left the joint state (the
+            // leader proposes that by itself), so the caller's next change is not refused
+            // as "still in progress".
+            if !self.raft.conf_state().is_joint() {
+                for reply in self.leave_waiters.drain(..) {
+                    let _ = reply.send(Ok(self.raft.conf_state().clone()));
+                }
             }
         }
         // Proposals at indexes now applied by other entries are settled (lost).
@@ -934,7 +961,7 @@ impl Group {
             bytes = snap.data.len(),
             "installing snapshot from the leader"
         );
-        self.save_snapshot_file(snap)?;
+        save_snapshot_file(&self.snapshots, snap)?;
         let mut decoder = SnapshotDecoder::new(&snap.data[..]).map_err(|e| e.to_string())?;
         self.sm.install_snapshot(&mut decoder).map_err(|e| e.to_string())?;
         self.shared.hub.lock().reset(self.sm.revision());
@@ -952,43 +979,50 @@ impl Group {
         Ok(())
     }
 
-    fn save_snapshot_file(&self, snap: &Snapshot) -> Result<(), String> {
-        let mut file =
-            self.snapshots.create(snap.meta.index, snap.meta.term).map_err(|e| e.to_string())?;
-        file.write_chunk(0, &snap.data).map_err(|e| e.to_string())?;
-        file.finish().map_err(|e| e.to_string())?;
-        let _ = self.snapshots.gc();
-        Ok(())
-    }
-
+    /// Every `snapshot_entries` applied entries, snapshots the store and compacts the log.
+    /// The image is a point-in-time read of the store taken here; encoding and saving it (the
+    /// expensive part: the whole store) run on a blocking thread, so the loop keeps answering
+    /// heartbeats and proposals meanwhile.
     fn maybe_snapshot(&mut self) {
         let applied = self.raft.applied_index();
-        if applied < self.raft.snapshot_index() + self.snapshot_entries
+        if self.snapshotting
+            || applied < self.raft.snapshot_index() + self.snapshot_entries
             || self.sm.applied_index() < applied
         {
             return;
         }
         let Some(meta) = self.raft.snapshot_meta_at(self.sm.applied_index()) else { return };
-        let data = match self
-            .shared
-            .store
-            .image()
-            .map_err(|e| e.to_string())
-            .and_then(|img| encode_to_vec(img, meta.clone()).map_err(|e| e.to_string()))
-        {
-            Ok(d) => Bytes::from(d),
+        let image = match self.shared.store.image() {
+            Ok(image) => image,
             Err(e) => {
                 warn!(group = self.group, error = %e, "snapshot failed; will retry later");
                 return;
             }
         };
-        let snap = Snapshot { meta: meta.clone(), data: data.clone() };
-        if let Err(e) = self.save_snapshot_file(&snap) {
-            warn!(group = self.group, error = %e, "saving snapshot failed; will retry later");
-            return;
-        }
-        if self.raft.compact(meta.index, data).is_ok() {
-            self.submit_wal(vec![WalOp::Compact { group: self.group, meta }], None, Vec::new());
+        self.snapshotting = true;
+        let (snapshots, tx) = (self.snapshots.clone(), self.snapshot_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let taken =
+                encode_to_vec(image, meta.clone()).map_err(|e| e.to_string()).and_then(|data| {
+                    let snap = Snapshot { meta, data: Bytes::from(data) };
+                    save_snapshot_file(&snapshots, &snap)?;
+                    Ok(snap)
+                });
+            let _ = tx.send(taken);
+        });
+    }
+
+    fn on_snapshot_taken(&mut self, taken: Result<Snapshot, String>) {
+        self.snapshotting = false;
+        match taken {
+            // Refused if a snapshot from the leader got past it meanwhile: nothing to do.
+            Ok(snap) => {
+                let meta = snap.meta.clone();
+                if self.raft.compact(meta.index, snap.data).is_ok() {
+                    self.submit_wal(vec![WalOp::Compact { group: self.group, meta }], None, vec![]);
+                }
+            }
+            Err(e) => warn!(group = self.group, error = %e, "snapshot failed; will retry later"),
         }
     }
 

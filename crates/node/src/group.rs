@@ -683,9 +683,7 @@ impl Group {
             let mut unsent = Vec::new();
             if result.is_ok() {
                 for m in messages {
-                    if let Err(m) = transport.send_if_dialled(m) {
-                        unsent.push(m);
-                    }
+                    unsent.extend(transport.send_if_dialled(m));
                 }
             }
             let _ = tx.send(Persisted { marker, result, unsent });

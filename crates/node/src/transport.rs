@@ -128,7 +128,7 @@ impl Transport {
     /// Queues a message for its destination; drops it (counted) if the queue is full or the
     /// peer unknown.
     pub fn send(&self, m: Message) {
-        let Err(m) = self.send_if_dialled(m) else { return };
+        let Some(m) = self.send_if_dialled(m) else { return };
         // A peer we were never told to dial but that introduced itself (a leader replicating
         // to a node that joined with an empty log): answer it.
         let known = self
@@ -141,20 +141,21 @@ impl Transport {
         if let Some(addr) = known {
             self.set_peer(m.to, &addr);
         }
-        if self.send_if_dialled(m).is_err() {
+        if self.send_if_dialled(m).is_some() {
             self.inner.metrics.peer_messages_dropped.fetch_add(1, Relaxed);
         }
     }
 
     /// Queues a message if its destination is a peer we dial (dropped, counted, if its queue
-    /// is full); gives it back otherwise. Callable from any thread: it starts no task.
-    pub fn send_if_dialled(&self, m: Message) -> Result<(), Message> {
+    /// is full) and returns `None`; gives the message back otherwise. Callable from any
+    /// thread: it starts no task.
+    pub fn send_if_dialled(&self, m: Message) -> Option<Message> {
         let peers = self.inner.peers.read();
-        let Some(p) = peers.get(&m.to) else { return Err(m) };
+        let Some(p) = peers.get(&m.to) else { return Some(m) };
         if p.tx.try_send(m).is_err() {
             self.inner.metrics.peer_messages_dropped.fetch_add(1, Relaxed);
         }
-        Ok(())
+        None
     }
 
     /// What we know of every member (ourselves included), from configuration and handshakes.

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests of every crate (the simulation sweep of
 # 200 seeds among them), then one sweep per planted bug, which must FAIL to count as a pass:
-# that shows the simulator and the checkers can catch a broken build.
+# that shows the simulator and the checkers can catch a broken build. In between, the
+# third-party etcd-client crate drives a real cluster (scripts/etcd-client-compat.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== workspace tests (the simulation sweep of 200 seeds among them)"
 cargo test --workspace
+
+echo "== the etcd v3 API from a second client library (the etcd-client crate)"
+./scripts/etcd-client-compat.sh
 
 for bug in bug-double-vote bug-stale-read bug-commit-old-term; do
   echo "== planted bug: $bug (the sweep must report violations)"

@@ -1,9 +1,9 @@
 //! A Rust etcd v3 client against a 3-node quorumkv cluster: KV, txn, watch and leases.
 //!
 //! The client is the tonic one generated in `quorumkv-etcd-proto` from etcd's own protos.
-//! (The `etcd-client` crate was the first choice, but its build script compiles etcd's protos
-//! with `tonic-prost-build`, which needs a system `protoc`; the project's machines and CI
-//! have none, so it does not build here.) The three nodes run in this process, each with its
+//! (The third-party `etcd-client` crate needs `protoc` to build; it is driven separately, in
+//! compat/etcd-client, built with a pure-Rust protoc stand-in by
+//! scripts/etcd-client-compat.sh.) The three nodes run in this process, each with its
 //! own store, WAL and ports: real nodes on real loopback sockets, started with the same
 //! `quorumkv_node::start` as `quorumkv server`.
 

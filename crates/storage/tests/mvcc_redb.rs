@@ -384,27 +384,7 @@ fn killed_process_without_commit_fsyncs_recovers_a_consistent_prefix() {
 fn killed_process_recovers_a_consistent_prefix() {
     let dir = temp_dir("mvcc-kill");
     let db = dir.join("state.redb");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
-        .env("QKV_MVCC_CRASH_CHILD_DB", &db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("child stdout");
-    let mut synced = 0u64;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("child output");
-        if let Some(n) = line.strip_prefix("synced ") {
-            synced = n.trim().parse().expect("index");
-            if synced >= 200 {
-                break;
-            }
-        }
-    }
-    child.kill().expect("kill child");
-    child.wait().expect("reap child");
-    assert!(synced >= 200, "the child stopped before writing enough");
+    let synced = run_child_until_killed("crash_child_writer", "QKV_MVCC_CRASH_CHILD_DB", &db, 200);
     let store =
         RedbStore::open(Arc::new(RealDisk::new()), &db, options(CommitDurability::Immediate))
             .expect("reopen after kill");

@@ -7,6 +7,10 @@
 
 #![allow(dead_code)] // Each test binary uses part of this module.
 
+#[path = "../bounded_run/mod.rs"]
+mod bounded_run;
+pub use bounded_run::{Run, run_bounded};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -308,70 +312,9 @@ impl Drop for Cluster {
     }
 }
 
-/// What a `quorumkv` run gave.
-#[derive(Debug)]
-pub struct Run {
-    /// Exit status (None: killed at the deadline).
-    pub code: Option<i32>,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-}
-
-impl Run {
-    /// Standard output, failing the test unless the run exited 0.
-    pub fn ok(self) -> String {
-        assert_eq!(self.code, Some(0), "quorumkv failed: {self:#?}");
-        self.stdout
-    }
-
-    /// Standard output parsed as one JSON document.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:#?}"))
-    }
-}
-
 /// Runs `quorumkv ARGS` with `stdin`, killed at [`CLI_TIMEOUT`].
 pub fn run_cli(args: &[String], stdin: &str) -> Run {
-    let mut child = Command::new(quorumkv_bin())
-        .args(args)
-        .env_remove("QUORUMKV_ENDPOINTS")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start quorumkv");
-    let mut input = child.stdin.take().expect("stdin");
-    let text = stdin.to_string();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(text.as_bytes());
-    });
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    let code = loop {
-        match child.try_wait().expect("wait for quorumkv") {
-            Some(status) => break status.code(),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    let _ = writer.join();
-    Run { code, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
+    let mut cmd = Command::new(quorumkv_bin());
+    cmd.args(args).env_remove("QUORUMKV_ENDPOINTS");
+    run_bounded(cmd, stdin, CLI_TIMEOUT)
 }

@@ -7,6 +7,10 @@
 
 #![allow(dead_code)] // Each test binary uses part of this module.
 
+#[path = "../bounded_run/mod.rs"]
+mod bounded_run;
+pub use bounded_run::{Run, run_bounded};
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -56,68 +60,6 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 /// Free loopback ports: bound to port 0 together (so they differ), then released.
 pub fn free_ports(n: usize) -> Vec<u16> {
     (0..n).map(|_| quorumkv_node::ports::free_loopback_port().expect("a free port")).collect()
-}
-
-/// What an etcdctl run gave.
-#[derive(Debug)]
-pub struct Run {
-    /// Exit status (None: killed at the timeout).
-    pub code: Option<i32>,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-}
-
-impl Run {
-    /// The output, failing the test unless etcdctl succeeded.
-    pub fn ok(self) -> String {
-        assert_eq!(self.code, Some(0), "etcdctl failed: {self:?}");
-        self.stdout
-    }
-
-    /// The error text, failing the test unless etcdctl failed.
-    pub fn err(self) -> String {
-        assert_ne!(self.code, Some(0), "etcdctl should have failed: {self:?}");
-        self.stderr
-    }
-}
-
-/// Runs a command to completion with a deadline, feeding `stdin`.
-pub fn run_bounded(mut cmd: Command, stdin: &str, timeout: Duration) -> Run {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start etcdctl");
-    let mut input = child.stdin.take().expect("stdin");
-    let text = stdin.to_string();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(text.as_bytes());
-    });
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let code = loop {
-        match child.try_wait().expect("wait for etcdctl") {
-            Some(status) => break status.code(),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    let _ = writer.join();
-    Run { code, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
 }
 
 /// A background process (a watcher, a lock holder, a candidate) whose output lines arrive

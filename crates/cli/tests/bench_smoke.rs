@@ -14,15 +14,25 @@ impl Drop for Demo {
     fn drop(&mut self) {
         // SIGINT, as Ctrl-C would send: the demo stops its nodes; a kill as a fallback.
         let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if poll_until(Duration::from_secs(10), || matches!(self.0.try_wait(), Ok(Some(_)))) {
+            return;
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds (true) or `timeout` passes (false).
+fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -123,11 +133,8 @@ fn the_demo_stops_its_nodes_on_sigint() {
     let (demo, _) = start_demo(dir.path());
     assert_eq!(servers_under(dir.path()).len(), 3, "three nodes run");
     drop(demo);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !servers_under(dir.path()).is_empty() {
-        assert!(Instant::now() < deadline, "nodes left running: {:?}", servers_under(dir.path()));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let stopped = poll_until(Duration::from_secs(10), || servers_under(dir.path()).is_empty());
+    assert!(stopped, "nodes left running: {:?}", servers_under(dir.path()));
 }
 
 #[test]

@@ -178,3 +178,45 @@ fn real_disk_writer_round_trip() {
     drop(wal);
     std::fs::remove_dir_all(&path).expect("cleanup");
 }
+
+/// Callbacks run on the companion thread while more work waits and on the writer itself when
+/// nothing does; either way they must run in submission order (LSN order), one at a time.
+/// Bursts (the companion's case) alternate with waits for the last completion (the writer's
+/// own case), from several submitters at once.
+#[test]
+fn completions_keep_lsn_order_whichever_thread_runs_them() {
+    let disk = SimDisk::new(3);
+    let (wal, _) = Wal::open(Arc::new(disk), dir(), WalOptions::default()).expect("open");
+    let writer = Arc::new(WalWriter::start(wal, WriterOptions::default()).expect("start"));
+    let completed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..4u64)
+        .map(|group| {
+            let (writer, completed) = (writer.clone(), completed.clone());
+            std::thread::spawn(move || {
+                let mut index = 0;
+                for _burst in 0..20 {
+                    let (tx, rx) = mpsc::channel();
+                    for _ in 0..25 {
+                        index += 1;
+                        let (tx, completed) = (tx.clone(), completed.clone());
+                        writer
+                            .submit(vec![append(group, index, b"x")], move |r| {
+                                completed.lock().unwrap().push(r.expect("durable"));
+                                let _ = tx.send(());
+                            })
+                            .expect("submit");
+                    }
+                    for _ in 0..25 {
+                        rx.recv().expect("completion");
+                    }
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("submitter");
+    }
+    let lsns = completed.lock().unwrap().clone();
+    assert_eq!(lsns.len(), 4 * 20 * 25);
+    assert!(lsns.windows(2).all(|w| w[0] < w[1]), "completions ran out of LSN order");
+}

@@ -6,22 +6,25 @@
 //!   disk slows writers down instead of growing memory without limit.
 //! - Each round takes what is queued (bounded in submissions and bytes), applies every
 //!   submission all-or-nothing, syncs once, then completes every submission of the round, in
-//!   submission order, with `Ok(lsn)` only if its operations are durable. Callbacks run on a
-//!   companion thread, in order, while the next round is written.
+//!   submission order, with `Ok(lsn)` only if its operations are durable. While more work
+//!   waits, callbacks run on a companion thread, in order, as the next round is written; when
+//!   nothing waits and the companion is idle, the writer runs them itself (one thread wake-up
+//!   less per round on a lightly loaded node, and order is kept either way).
 //! - After a fatal WAL failure the thread keeps running and answers every submission with the
 //!   error, so callers learn it; it stops when every [`WalWriter`] handle is gone.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 use super::{Lsn, Wal, WalError, WalMetrics, WalOp, WalStats, fetch_max};
 
 /// Called once a submission is durable (`Ok` with its last LSN) or has failed. Runs on the
-/// writer's completion thread, one callback after another: keep it short (send on a channel,
-/// wake a task). A panic in it is contained.
+/// writer's completion thread or the writer thread itself, one callback after another in
+/// submission order: keep it short (send on a channel, wake a task). A panic in it is
+/// contained.
 pub type Completion = Box<dyn FnOnce(Result<Lsn, WalError>) + Send + 'static>;
 
 /// Bounds of a [`WalWriter`].
@@ -134,19 +137,34 @@ type Round = Vec<(Completion, Result<Lsn, WalError>)>;
 fn run(mut wal: Wal, rx: Receiver<Submission>, opts: WriterOptions) -> Wal {
     let metrics = wal.metrics();
     // Callbacks run on a second thread, so that waking the callers of one round overlaps the
-    // write and fsync of the next. One thread and a FIFO channel keep them in order.
+    // write and fsync of the next. One thread and a FIFO channel keep them in order;
+    // `outstanding` counts the rounds handed to it and not yet completed.
     let (done_tx, done_rx) = mpsc::channel::<Round>();
-    let completer = std::thread::Builder::new()
-        .name("qkv-wal-complete".into())
-        .spawn(move || {
-            while let Ok(round) = done_rx.recv() {
-                complete(round);
-            }
-        })
-        .ok();
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let completer = {
+        let outstanding = outstanding.clone();
+        std::thread::Builder::new()
+            .name("qkv-wal-complete".into())
+            .spawn(move || {
+                while let Ok(round) = done_rx.recv() {
+                    complete(round);
+                    outstanding.fetch_sub(1, Ordering::Release);
+                }
+            })
+            .ok()
+    };
     let mut batch: Vec<Submission> = Vec::new();
     let mut applied: Vec<Result<Lsn, WalError>> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    // A submission taken while checking whether more work waits: it opens the next round.
+    let mut carried: Option<Submission> = None;
+    loop {
+        let first = match carried.take() {
+            Some(s) => s,
+            None => match rx.recv() {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         let mut bytes: usize = first.ops.iter().map(WalOp::size_bytes).sum();
         batch.push(first);
         while batch.len() < opts.batch_submissions_max && bytes < opts.batch_bytes_max {
@@ -175,14 +193,19 @@ fn run(mut wal: Wal, rx: Receiver<Submission>, opts: WriterOptions) -> Wal {
             .collect();
         metrics.submissions.fetch_add(count, Ordering::Relaxed);
         fetch_max(&metrics.submissions_per_batch_max, count);
+        carried = rx.try_recv().ok();
+        let idle = carried.is_none() && outstanding.load(Ordering::Acquire) == 0;
         match &completer {
-            Some(_) => {
+            Some(_) if !idle => {
+                outstanding.fetch_add(1, Ordering::AcqRel);
                 if let Err(mpsc::SendError(round)) = done_tx.send(round) {
+                    outstanding.fetch_sub(1, Ordering::AcqRel);
                     complete(round);
                 }
             }
-            // No second thread could be started: complete on this one.
-            None => complete(round),
+            // Nothing to overlap with (or no second thread): complete on this one. Every
+            // earlier round is completed already, so order holds.
+            _ => complete(round),
         }
     }
     drop(done_tx);

@@ -22,7 +22,6 @@ use quorumkv_storage::snapshot::{SnapshotDecoder, SnapshotFileStore};
 use quorumkv_storage::wal::{Wal, WalOptions, WalWriter, WriterOptions};
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::codec::Hello;
@@ -266,8 +265,19 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         client_addr: cfg.advertise_client_addr.clone().unwrap_or_else(|| client_addr.to_string()),
         http_addr: http_addr.to_string(),
     };
-    let (inbox_tx, mut inbox_rx) = mpsc::channel(65_536);
-    let transport = Transport::new(hello.clone(), inbox_tx, metrics.clone());
+    // The transport exists before the group it feeds (the group sends through it); messages
+    // that arrive before the group is set are dropped, and Raft resends them.
+    let route_to: Arc<std::sync::OnceLock<GroupHandle>> = Arc::default();
+    let inbox: crate::transport::Inbox = {
+        let route_to = route_to.clone();
+        Arc::new(move |m: quorumkv_raft::Message| {
+            // One group per node today; the group id routes once there are many.
+            if let Some(g) = route_to.get().filter(|_| m.group == DEFAULT_GROUP) {
+                g.deliver(m);
+            }
+        })
+    };
+    let transport = Transport::new(hello.clone(), inbox, metrics.clone());
     let initial_members: Vec<Member> = cfg
         .initial_members()?
         .into_iter()
@@ -304,16 +314,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     })
     .map_err(|e| StartError::Raft(e.to_string()))?;
 
+    let _ = route_to.set(group.clone());
     let mut tasks = vec![group_task];
-    let router_group = group.clone();
-    tasks.push(tokio::spawn(async move {
-        while let Some(m) = inbox_rx.recv().await {
-            // One group per node today; the group id routes once there are many.
-            if m.group == DEFAULT_GROUP {
-                router_group.deliver(m);
-            }
-        }
-    }));
     let t = transport.clone();
     tasks.push(tokio::spawn(async move { t.serve(peer_listener).await }));
     let api = crate::etcd::Api::new(

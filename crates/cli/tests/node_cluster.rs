@@ -285,6 +285,7 @@ async fn metrics_expose_every_named_metric_and_probes_answer() {
         "quorumkv_raft_leader_changes_total",
         "quorumkv_wal_fsync_duration_seconds_bucket",
         "quorumkv_wal_batch_entries_bucket",
+        "quorumkv_apply_batch_entries_bucket",
         "quorumkv_peer_received_bytes_total",
         "quorumkv_peer_sent_bytes_total",
         "quorumkv_peer_dropped_messages_total",
@@ -294,6 +295,14 @@ async fn metrics_expose_every_named_metric_and_probes_answer() {
         assert!(body.lines().any(|l| l.starts_with(name)), "metric {name} missing from /metrics");
     }
     assert!(body.contains("quorumkv_requests_total{op=\"put\",result=\"ok\"}"));
+    // The batch histograms are fed, not only declared: the put above went through both.
+    for count in ["quorumkv_wal_batch_entries_count", "quorumkv_apply_batch_entries_count"] {
+        let observed = body
+            .lines()
+            .find_map(|l| l.strip_prefix(count)?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(observed > 0, "{count} is {observed} after a put");
+    }
     for i in 0..3 {
         assert_eq!(c.http(i, "/livez").map(|r| r.0), Some(200));
         assert_eq!(c.http(i, "/readyz").map(|r| r.0), Some(200), "node {i} not ready");

@@ -271,6 +271,13 @@ impl GroupHandle {
         self.shared.status.read().clone()
     }
 
+    /// The current term and store revision: what every response header carries, read
+    /// without copying the rest of the status (members, peers) per request.
+    pub fn term_and_revision(&self) -> (Term, i64) {
+        let s = self.shared.status.read();
+        (s.term, s.revision)
+    }
+
     /// Delivers a peer message (drops it if the loop is overloaded: Raft resends).
     pub fn deliver(&self, m: Message) {
         if self.tx.try_send(Input::Peer(m)).is_err() {
@@ -481,6 +488,10 @@ impl Group {
                 Some(taken) = snapshot_rx.recv() => self.on_snapshot_taken(taken),
                 _ = tokio::time::sleep_until(next_tick) => {}
             }
+            // Let the tasks that are ready to run (client requests, peer connections) queue
+            // their inputs first: one turn then carries many proposals — one log append, one
+            // WAL submission and one message per follower for all of them.
+            tokio::task::yield_now().await;
             let now = tokio::time::Instant::now();
             let mut due = 0;
             while now >= next_tick && due < 10_000 {
@@ -723,6 +734,7 @@ impl Group {
             ops.push(WalOp::Compact { group: self.group, meta: snap.meta.clone() });
         }
         if !rd.entries.is_empty() {
+            self.shared.metrics.wal_batch_entries.observe(rd.entries.len() as f64);
             ops.push(WalOp::Append { group: self.group, entries: rd.entries });
         }
         if let Some(hs) = rd.hard_state {
@@ -852,6 +864,7 @@ impl Group {
         // A leader's no-op carries no command: it only moves the applied index.
         let batch: Vec<(LogIndex, &[u8])> =
             entries.iter().filter(|e| !e.data.is_empty()).map(|e| (e.index, &e.data[..])).collect();
+        self.shared.metrics.apply_batch_entries.observe(entries.len() as f64);
         let outcomes = match self.sm.apply_batch(&batch) {
             Ok(outcomes) => outcomes,
             Err(err) => {

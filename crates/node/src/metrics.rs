@@ -81,6 +81,8 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     /// Entries made durable per WAL fsync.
     pub wal_batch_entries: Histogram,
+    /// Log entries applied per state-machine transaction.
+    pub apply_batch_entries: Histogram,
     /// Peer bytes received.
     pub peer_bytes_in: AtomicU64,
     /// Peer bytes sent.
@@ -112,6 +114,7 @@ impl Default for Metrics {
             leader_changes: AtomicU64::new(0),
             wal_fsync: Histogram::new(&LATENCY_BUCKETS),
             wal_batch_entries: Histogram::new(&SIZE_BUCKETS),
+            apply_batch_entries: Histogram::new(&SIZE_BUCKETS),
             peer_bytes_in: AtomicU64::new(0),
             peer_bytes_out: AtomicU64::new(0),
             peer_messages_dropped: AtomicU64::new(0),
@@ -213,9 +216,14 @@ impl Metrics {
         self.wal_fsync.render(&mut out, "quorumkv_wal_fsync_duration_seconds", "");
         let _ = writeln!(
             out,
-            "# HELP quorumkv_wal_batch_entries Entries made durable per WAL fsync.\n# TYPE quorumkv_wal_batch_entries histogram"
+            "# HELP quorumkv_wal_batch_entries Log entries per WAL submission of the group.\n# TYPE quorumkv_wal_batch_entries histogram"
         );
         self.wal_batch_entries.render(&mut out, "quorumkv_wal_batch_entries", "");
+        let _ = writeln!(
+            out,
+            "# HELP quorumkv_apply_batch_entries Log entries applied per state-machine transaction.\n# TYPE quorumkv_apply_batch_entries histogram"
+        );
+        self.apply_batch_entries.render(&mut out, "quorumkv_apply_batch_entries", "");
         counter(
             &mut out,
             "quorumkv_peer_received_bytes_total",

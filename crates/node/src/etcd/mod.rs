@@ -113,12 +113,12 @@ impl Api {
 
     /// A response header at `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
-        let st = self.inner.group.status();
+        let (term, current) = self.inner.group.term_and_revision();
         ResponseHeader {
             cluster_id: self.inner.cluster_id,
             member_id: self.inner.cfg.id,
-            revision: if revision > 0 { revision } else { st.revision },
-            raft_term: st.term,
+            revision: if revision > 0 { revision } else { current },
+            raft_term: term,
         }
     }
 

@@ -11,12 +11,14 @@ Everything it starts is stopped at the end, also on error or Ctrl-C. Every run i
 
     python3 bench/compare.py                      # the default matrix, 10 s per cell
     python3 bench/compare.py --duration 5 --clients 1,64 --workloads put
+    python3 bench/compare.py --workloads get --quorumkv-flags "--lease-reads true"
 """
 
 import argparse
 import html
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -105,7 +107,7 @@ def start_etcd(etcd, workdir, base):
     return c
 
 
-def start_quorumkv(qkv, workdir, base):
+def start_quorumkv(qkv, workdir, base, flags=()):
     c = Cluster("quorumkv")
     initial = ",".join(f"{i + 1}=127.0.0.1:{base + 10 * i + 1}" for i in range(3))
     for i in range(3):
@@ -117,7 +119,7 @@ def start_quorumkv(qkv, workdir, base):
              "--data-dir", os.path.join(workdir, f"quorumkv{i}"),
              "--client-addr", f"127.0.0.1:{cport}", "--peer-addr", f"127.0.0.1:{cport + 1}",
              "--http-addr", f"127.0.0.1:{cport + 2}", "--initial-cluster", initial,
-             "--log-format", "json", "--log-level", "warn"],
+             "--log-format", "json", "--log-level", "warn", *flags],
             stdout=logf, stderr=subprocess.STDOUT))
         c.endpoints.append(f"127.0.0.1:{cport}")
     return c
@@ -194,6 +196,9 @@ def main():
     ap.add_argument("--clients", default="1,16,64,256")
     ap.add_argument("--workloads", default="put,get")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--quorumkv-flags", default="",
+                    help="extra flags for every quorumkv server, e.g. \"--lease-reads true\" "
+                         "(linearizable reads from the leader's lease instead of a ReadIndex round)")
     args = ap.parse_args()
 
     if not os.path.exists(args.quorumkv):
@@ -207,7 +212,7 @@ def main():
     try:
         etcd_c = start_etcd(etcd, workdir, 31379)
         clusters.append(etcd_c)
-        qkv_c = start_quorumkv(args.quorumkv, workdir, 32379)
+        qkv_c = start_quorumkv(args.quorumkv, workdir, 32379, shlex.split(args.quorumkv_flags))
         clusters.append(qkv_c)
         wait_ready(args.quorumkv, etcd_c)
         wait_ready(args.quorumkv, qkv_c)
@@ -229,6 +234,8 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     machine = f"{os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}; 3 members each on loopback, fsync on"
+    if args.quorumkv_flags:
+        machine += f"; quorumkv servers run with {args.quorumkv_flags}"
     command = "python3 bench/compare.py " + " ".join(sys.argv[1:])
     print(f"{'cell':<12} {'etcd ops/s':>11} {'qkv ops/s':>11} {'ratio':>6} {'etcd p50':>9} {'qkv p50':>8} {'etcd p99':>9} {'qkv p99':>8} {'etcd µs/op':>10} {'qkv µs/op':>9} {'cpu ratio':>9}")
     for r in rows:

@@ -156,8 +156,8 @@ fn scan_latest<R: Rows + ?Sized>(
         let mut next = last_key.clone();
         next.push(0);
         let mut past_read_rev = false;
-        for (row_key, row) in &batch {
-            let (prefix, rev) = split_version_key(row_key)?;
+        for (row_key, row) in batch {
+            let (prefix, rev) = split_version_key(&row_key)?;
             if prefix != cur_prefix.as_slice() {
                 if let Some((best_rev, best_row)) = best.take()
                     && !emit(&cur_prefix, best_rev, &best_row)?
@@ -170,7 +170,7 @@ fn scan_latest<R: Rows + ?Sized>(
             }
             past_read_rev = rev.main > read_rev;
             if !past_read_rev {
-                best = Some((rev, row.clone()));
+                best = Some((rev, row));
                 walked += 1;
             }
         }
@@ -212,6 +212,18 @@ pub(crate) fn range<R: Rows + ?Sized>(
         return Ok(res);
     };
     let skip_values = opts.keys_only || opts.count_only;
+    if range_end.is_empty() {
+        // One key: one backward seek to its latest version at `read_rev`, however long its
+        // history (a forward walk would read every version of the key).
+        let below = Revision { main: read_rev.saturating_add(1), sub: 0 };
+        if let Some((rev, rec)) = version_below(rows, &lo, below, skip_values)? {
+            res.count = 1;
+            if !opts.count_only {
+                res.kvs.push(to_kv(key, rev.main, rec));
+            }
+        }
+        return Ok(res);
+    }
     scan_latest(rows, &lo, &hi, read_rev, &mut |prefix, rev, row| {
         let rec = VersionRecord::decode(row, skip_values)?;
         if rec.tombstone {

@@ -10,7 +10,9 @@ echo "== workspace tests (the simulation sweep of 200 seeds among them)"
 cargo test --workspace
 
 echo "== the etcd v3 API from a second client library (the etcd-client crate)"
-./scripts/etcd-client-compat.sh
+# The workspace test build above made the quorumkv binary (the cli crate's tests run it).
+target_dir="${CARGO_TARGET_DIR:-target}"
+QUORUMKV_BIN="$(cd "$target_dir" && pwd)/debug/quorumkv" ./scripts/etcd-client-compat.sh
 
 for bug in bug-double-vote bug-stale-read bug-commit-old-term; do
   echo "== planted bug: $bug (the sweep must report violations)"

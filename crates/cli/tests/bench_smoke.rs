@@ -4,9 +4,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+#[path = "bounded_run/mod.rs"]
+mod bounded_run;
+use bounded_run::poll_until;
 
 struct Demo(Child);
 
@@ -14,7 +18,7 @@ impl Drop for Demo {
     fn drop(&mut self) {
         // SIGINT, as Ctrl-C would send: the demo stops its nodes; a kill as a fallback.
         let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        if poll_until(Duration::from_secs(10), || matches!(self.0.try_wait(), Ok(Some(_)))) {
+        if poll_until(Duration::from_secs(10), POLL, || matches!(self.0.try_wait(), Ok(Some(_)))) {
             return;
         }
         let _ = self.0.kill();
@@ -22,19 +26,8 @@ impl Drop for Demo {
     }
 }
 
-/// Polls `cond` every 100 ms until it holds (true) or `timeout` passes (false).
-fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How often the waits below look again.
+const POLL: Duration = Duration::from_millis(100);
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_quorumkv")
@@ -133,7 +126,8 @@ fn the_demo_stops_its_nodes_on_sigint() {
     let (demo, _) = start_demo(dir.path());
     assert_eq!(servers_under(dir.path()).len(), 3, "three nodes run");
     drop(demo);
-    let stopped = poll_until(Duration::from_secs(10), || servers_under(dir.path()).is_empty());
+    let stopped =
+        poll_until(Duration::from_secs(10), POLL, || servers_under(dir.path()).is_empty());
     assert!(stopped, "nodes left running: {:?}", servers_under(dir.path()));
 }
 

@@ -1,4 +1,5 @@
-//! Running a child process to completion with a deadline (shared by the test support modules).
+//! Waiting with a deadline: polling a condition, and running a child process to completion
+//! (shared by the test support modules and the smoke tests).
 
 #![allow(dead_code)] // Each test binary uses part of this module.
 
@@ -37,6 +38,21 @@ impl Run {
     }
 }
 
+/// Polls `cond` every `every` until it holds (true) or `timeout` passes (false). The one place
+/// the tests wait for something they cannot be woken by (a child's exit, a node's files).
+pub fn poll_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Runs `cmd` to completion feeding it `stdin`; kills it at `timeout` (code `None`).
 pub fn run_bounded(mut cmd: Command, stdin: &str, timeout: Duration) -> Run {
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -58,19 +74,16 @@ pub fn run_bounded(mut cmd: Command, stdin: &str, timeout: Duration) -> Run {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + timeout;
-    let code = loop {
-        match child.try_wait().expect("wait for the child") {
-            Some(status) => break status.code(),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            // Poll interval of a deadline-bounded wait for the child's exit.
-            None => std::thread::sleep(Duration::from_millis(10)),
-        }
-    };
+    let mut status = None;
+    let exited = poll_until(timeout, Duration::from_millis(10), || {
+        status = child.try_wait().expect("wait for the child");
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let code = status.and_then(|s| s.code());
     let _ = writer.join();
     Run { code, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
 }

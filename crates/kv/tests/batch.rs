@@ -10,10 +10,8 @@ use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
 use quorumkv_kv::proto::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
-    compare::{CompareTarget, TargetUnion},
-    request_op,
+    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, request_op,
 };
 use quorumkv_kv::{
     ApplyError, ApplyOutcome, CommandResult, Config, EtcdError, Request, StateMachine, command,
@@ -68,17 +66,7 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         2 => (key(), 0i32..5, 0i32..4, any::<u8>(), 0i64..4, any::<bool>(), 0i64..10).prop_map(
             |(k, target, result, v, lease, nested, read_at)| {
-                let c = Compare {
-                    result,
-                    target,
-                    key: k,
-                    target_union: Some(if target == CompareTarget::Value as i32 {
-                        TargetUnion::Value(vec![v].into())
-                    } else {
-                        TargetUnion::Version(i64::from(v % 3))
-                    }),
-                    range_end: Bytes::new(),
-                };
+                let c = value_or_version_compare(k, target, result, v);
                 // A put with a lease that may not exist: the txn can fail after its compares.
                 let leased = PutRequest { lease, ..put_req("t", "1") };
                 // A read at a past revision: compacted and future revisions fail the txn.

@@ -8,7 +8,6 @@ use common::*;
 use proptest::prelude::*;
 use quorumkv_kv::proto::etcdserverpb::{
     CompactionRequest, LeaseGrantRequest, PutRequest, RangeRequest, TxnRequest,
-    compare::{CompareResult, CompareTarget, TargetUnion},
 };
 use quorumkv_kv::{ApplyError, Request, command, encode_command};
 use quorumkv_storage::mvcc::MemStore;
@@ -43,18 +42,7 @@ fn request() -> impl Strategy<Value = Request> {
         )),
         (key3, 0i32..5, 0i32..4, any::<u8>(), any::<bool>()).prop_map(
             |(k, target, result, v, dup)| {
-                let c = quorumkv_kv::proto::etcdserverpb::Compare {
-                    result,
-                    target,
-                    key: k,
-                    target_union: Some(if target == CompareTarget::Value as i32 {
-                        TargetUnion::Value(vec![v].into())
-                    } else {
-                        TargetUnion::Version(i64::from(v % 3))
-                    }),
-                    range_end: Default::default(),
-                };
-                let _ = CompareResult::Equal;
+                let c = value_or_version_compare(k, target, result, v);
                 let mut success = vec![op_put("x", "1"), op_range("a", "z")];
                 if dup {
                     success.push(op_put("x", "2"));

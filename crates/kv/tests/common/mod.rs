@@ -158,6 +158,23 @@ pub fn noop() -> Request {
     Request::Noop(Noop {})
 }
 
+/// A compare of `key` for the random-command generators: on the value (one byte `v`) when
+/// `target` says so, on the version (`v % 3`) otherwise; `target` and `result` may be out of
+/// etcd's range, which the state machine must refuse cleanly.
+pub fn value_or_version_compare(key: Bytes, target: i32, result: i32, v: u8) -> Compare {
+    Compare {
+        result,
+        target,
+        key,
+        target_union: Some(if target == compare::CompareTarget::Value as i32 {
+            compare::TargetUnion::Value(vec![v].into())
+        } else {
+            compare::TargetUnion::Version(i64::from(v % 3))
+        }),
+        range_end: Bytes::new(),
+    }
+}
+
 pub fn op_put(k: &str, v: &str) -> RequestOp {
     RequestOp { request: Some(request_op::Request::RequestPut(put_req(k, v))) }
 }

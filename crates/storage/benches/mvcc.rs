@@ -89,11 +89,19 @@ fn sealed(c: &mut Criterion) {
     group.finish();
 }
 
-fn preload<S: MvccStore>(store: &S) {
+/// Puts every one of the `PRELOAD_KEYS` keys `versions` times (1,000 puts per transaction).
+fn preload<S: MvccStore>(store: &S, versions: u64) {
     let value = vec![7u8; VALUE_BYTES];
-    let mut next = 0;
-    while next < PRELOAD_KEYS {
-        put_batch(store, &mut next, 1000, &value);
+    let mut index = 0;
+    for _ in 0..versions {
+        for first in (0..PRELOAD_KEYS).step_by(1000) {
+            let mut txn = store.write_txn().expect("txn");
+            for i in first..(first + 1000).min(PRELOAD_KEYS) {
+                txn.put(&key(i), &value, 0).expect("put");
+            }
+            index += 1;
+            txn.commit(index).expect("commit");
+        }
     }
     store.sync().expect("sync");
 }
@@ -136,12 +144,20 @@ fn gets(c: &mut Criterion) {
     let mut group = c.benchmark_group("mvcc_get");
     group.throughput(Throughput::Elements(1));
     let mem = MemStore::new();
-    preload(&mem);
+    preload(&mem, 1);
     let mut rng = Rng::new(1);
     group.bench_function("mem", |b| b.iter(|| get_random(&mem, &mut rng)));
     let (store, dir) = redb("get", NO_FSYNC);
-    preload(&store);
+    preload(&store, 1);
     group.bench_function("redb", |b| b.iter(|| get_random(&store, &mut rng)));
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+    // A get must not slow down with the key's history (it seeks to the latest version).
+    let (store, dir) = redb("get_deep", NO_FSYNC);
+    preload(&store, 32);
+    group.bench_function("redb_32_versions_per_key", |b| {
+        b.iter(|| get_random(&store, &mut rng));
+    });
     group.finish();
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
@@ -154,9 +170,9 @@ fn meta(index: u64) -> SnapshotMeta {
 fn snapshots(c: &mut Criterion) {
     let mut group = c.benchmark_group("mvcc_snapshot");
     let mem = MemStore::new();
-    preload(&mem);
+    preload(&mem, 1);
     let (store, dir) = redb("snap", NO_FSYNC);
-    preload(&store);
+    preload(&store, 1);
     let bytes =
         encode_to_vec(mem.image().expect("image"), meta(mem.applied_index())).expect("encode");
     group.throughput(Throughput::Bytes(bytes.len() as u64));

@@ -134,6 +134,8 @@ fn sweep(
     let five = reports.iter().filter(|r| r.nodes == 5).count();
     let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
     let installs: u64 = reports.iter().map(|r| r.snapshot_installs).sum();
+    let on_request: u64 = reports.iter().map(|r| r.images_on_request).sum();
+    let lazy = reports.iter().filter(|r| r.lazy_images).count();
     let corruptions: u64 = reports.iter().map(|r| r.corruptions_detected).sum();
     let fsync_failures: u64 = reports.iter().map(|r| r.fsync_failures).sum();
     let full_episodes: u64 = reports.iter().map(|r| r.disk_full_episodes).sum();
@@ -150,7 +152,7 @@ fn sweep(
         "  safety violations: {safety} seeds; linearizability violations: {lin} seeds; checker budget exhausted: {unknown} seeds; liveness failures: {dead} seeds"
     );
     println!(
-        "  {ops} client operations: {:.0} per wall-clock second of simulating on one thread (history checks excluded), {:.0} per wall-clock second of this whole sweep; worst recovery after heal {worst} ms; {crashes} crashes, {installs} snapshot installs",
+        "  {ops} client operations: {:.0} per wall-clock second of simulating on one thread (history checks excluded), {:.0} per wall-clock second of this whole sweep; worst recovery after heal {worst} ms; {crashes} crashes, {installs} snapshot installs, {on_request} images taken when a leader asked ({lazy} seeds compact without images)",
         ops as f64 / sim_cpu.max(1e-9),
         ops as f64 / wall.max(1e-9)
     );

@@ -149,6 +149,12 @@ async fn a_fourth_node_joins_as_learner_is_promoted_and_a_node_is_removed() {
     }
     let log = c.nodes[idx].log_tail(500);
     assert!(log.contains("installing snapshot from the leader"), "no snapshot install:\n{log}");
+    // The leader encoded that image because the learner needed it; its compactions keep none.
+    let leader_log = c.nodes[leader].log_tail(2000);
+    assert!(
+        leader_log.contains("took an image of the store for a follower"),
+        "the leader did not take an image on request:\n{leader_log}"
+    );
     cluster.member_promote(MemberPromoteRequest { id: 4 }).await.expect("promote");
     let members = cluster
         .member_list(MemberListRequest { linearizable: true })
@@ -173,6 +179,28 @@ async fn a_fourth_node_joins_as_learner_is_promoted_and_a_node_is_removed() {
     c.kill(victim);
     assert!(put_until(&c, "after-remove", "ok", Instant::now() + Duration::from_secs(10)).await);
     assert_eq!(value_at(&c, idx, "after-remove", false).await.as_deref(), Some("ok"));
+    // A follower that compacted its log behind its store, keeping no image, restarts from the
+    // store alone and catches up.
+    let other = (0..3).find(|&i| i != leader && i != victim).expect("another follower");
+    let compacted = c.status(other).and_then(|s| s["snapshot_index"].as_u64()).unwrap_or(0);
+    assert!(compacted > 0, "follower {other} never compacted its log");
+    let images = std::fs::read_dir(c.nodes[other].data_dir.join("snap"))
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().is_file()).count())
+        .unwrap_or(0);
+    assert_eq!(images, 0, "a follower's compaction encoded an image");
+    c.kill(other);
+    c.spawn(other);
+    assert!(put_until(&c, "after-restart", "ok", Instant::now() + Duration::from_secs(10)).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value_at(&c, other, "after-restart", true).await.as_deref() != Some("ok") {
+        assert!(
+            Instant::now() < deadline,
+            "restarted follower did not catch up:\n{}",
+            c.nodes[other].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(value_at(&c, other, "before19", true).await.as_deref(), Some("x"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

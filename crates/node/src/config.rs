@@ -90,8 +90,9 @@ pub struct NodeConfig {
     pub election_ticks: u64,
     /// Heartbeat interval in ticks.
     pub heartbeat_ticks: u64,
-    /// Take a snapshot and compact the log every this many applied entries (etcd's
-    /// `--snapshot-count` default too: a snapshot encodes the whole store, so not too often).
+    /// Compact the log every this many applied entries (etcd's `--snapshot-count` default
+    /// too): the store is synced and the log dropped behind it; no image is encoded unless a
+    /// follower needs one.
     pub snapshot_entries: u64,
     /// Serve linearizable reads from a leader lease instead of a heartbeat round.
     pub lease_reads: bool,

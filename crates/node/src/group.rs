@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use quorumkv_core::{
-    ConfChange, ConfChangeStep, ConfState, EntryKind, GroupId, LogIndex, NodeId, Snapshot, Term,
+    ConfChange, ConfChangeStep, ConfState, EntryKind, GroupId, LogIndex, NodeId, Snapshot,
+    SnapshotMeta, Term,
 };
 use quorumkv_etcd_proto::etcdserverpb::{LeaseLeasesResponse, LeaseTimeToLiveResponse};
 use quorumkv_kv::command::{Command, Request, encode_command};
@@ -172,6 +173,8 @@ pub struct GroupStatus {
     pub applied: LogIndex,
     /// Last log index.
     pub last_index: LogIndex,
+    /// The log is compacted through this index (0: never compacted).
+    pub snapshot_index: LogIndex,
     /// Voters.
     pub voters: Vec<NodeId>,
     /// Learners.
@@ -304,7 +307,7 @@ pub struct GroupParams {
     pub transport: Transport,
     /// Tick length.
     pub tick: Duration,
-    /// Snapshot every this many applied entries.
+    /// Compact the log every this many applied entries.
     pub snapshot_entries: u64,
     /// Proposal bound.
     pub max_inflight_proposals: usize,
@@ -329,9 +332,10 @@ struct Group {
     sm: StateMachine<RedbStore>,
     wal: Arc<WalWriter>,
     snapshots: Arc<SnapshotFileStore>,
-    /// A snapshot is being encoded and saved off the loop; its result comes on this channel.
+    /// A compaction (store sync or image) is running off the loop; its result comes on this
+    /// channel.
     snapshotting: bool,
-    snapshot_tx: mpsc::UnboundedSender<Result<Snapshot, String>>,
+    snapshot_tx: mpsc::UnboundedSender<Result<Compaction, String>>,
     transport: Transport,
     shared: Arc<Shared>,
     tick: Duration,
@@ -433,6 +437,18 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
     Ok((handle, task))
 }
 
+/// Entries a log compaction leaves behind the applied index (etcd keeps 5,000 as well), capped
+/// at half of `snapshot_entries`.
+const CATCH_UP_ENTRIES: u64 = 5_000;
+
+/// What a compaction run off the loop produced.
+enum Compaction {
+    /// The store is durable through this point: compact the log, no image.
+    StoreSynced(SnapshotMeta),
+    /// An image of the store, saved to its file: compact the log and send it to followers.
+    Image(Snapshot),
+}
+
 /// Writes a snapshot file (durably) and drops the oldest beyond what the store keeps.
 fn save_snapshot_file(snapshots: &SnapshotFileStore, snap: &Snapshot) -> Result<(), String> {
     let mut file = snapshots.create(snap.meta.index, snap.meta.term).map_err(|e| e.to_string())?;
@@ -464,7 +480,7 @@ impl Group {
         &mut self,
         mut rx: mpsc::Receiver<Input>,
         mut persist_rx: mpsc::UnboundedReceiver<Persisted>,
-        mut snapshot_rx: mpsc::UnboundedReceiver<Result<Snapshot, String>>,
+        mut snapshot_rx: mpsc::UnboundedReceiver<Result<Compaction, String>>,
     ) {
         let mut next_tick = tokio::time::Instant::now() + self.tick;
         loop {
@@ -485,7 +501,7 @@ impl Group {
                     Some(input) => self.handle(input),
                     None => return,
                 },
-                Some(taken) = snapshot_rx.recv() => self.on_snapshot_taken(taken),
+                Some(done) = snapshot_rx.recv() => self.on_compaction(done),
                 _ = tokio::time::sleep_until(next_tick) => {}
             }
             // Let the tasks that are ready to run (client requests, peer connections) queue
@@ -780,7 +796,10 @@ impl Group {
             }
         }
         self.serve_reads();
-        self.maybe_snapshot();
+        if rd.snapshot_wanted {
+            self.take_image();
+        }
+        self.maybe_compact_log();
     }
 
     fn on_soft_state(&mut self, role: Role, leader: Option<NodeId>) {
@@ -990,17 +1009,42 @@ impl Group {
         Ok(())
     }
 
-    /// Every `snapshot_entries` applied entries, snapshots the store and compacts the log.
-    /// The image is a point-in-time read of the store taken here; encoding and saving it (the
-    /// expensive part: the whole store) run on a blocking thread, so the loop keeps answering
-    /// heartbeats and proposals meanwhile.
-    fn maybe_snapshot(&mut self) {
+    /// Every `snapshot_entries` applied entries, compacts the log behind the store: the store
+    /// is synced (off the loop), then the log is dropped up to [`CATCH_UP_ENTRIES`] behind the
+    /// applied index.
+    /// No image is encoded: the store is the durable state machine a restart comes back to,
+    /// and an image is taken only when a leader has a follower to send one to
+    /// ([`Group::take_image`]).
+    fn maybe_compact_log(&mut self) {
         let applied = self.raft.applied_index();
+        // Keep the newest entries, so a follower a little behind (a restart, a slow disk)
+        // catches up from the log rather than with a whole image.
+        let keep = CATCH_UP_ENTRIES.min(self.snapshot_entries / 2);
+        let through = applied.saturating_sub(keep);
         if self.snapshotting
-            || applied < self.raft.snapshot_index() + self.snapshot_entries
+            || through < self.raft.snapshot_index() + self.snapshot_entries
             || self.sm.applied_index() < applied
         {
             return;
+        }
+        let Some(meta) = self.raft.snapshot_meta_at(through) else { return };
+        self.snapshotting = true;
+        let (store, tx) = (self.shared.store.clone(), self.snapshot_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            // Every commit through `meta.index` happened before this sync began.
+            let synced = store.sync().map(|()| Compaction::StoreSynced(meta));
+            let _ = tx.send(synced.map_err(|e| e.to_string()));
+        });
+    }
+
+    /// A leader asked for an image to send a follower behind the log's start. The image is a
+    /// point-in-time read of the store taken here; encoding and saving it (the expensive
+    /// part: the whole store) run on a blocking thread, so the loop keeps answering heartbeats
+    /// and proposals meanwhile. The file is what a restart finds if the log is then compacted
+    /// through the image.
+    fn take_image(&mut self) {
+        if self.snapshotting {
+            return; // Raft asks again while the follower still waits.
         }
         let Some(meta) = self.raft.snapshot_meta_at(self.sm.applied_index()) else { return };
         let image = match self.shared.store.image() {
@@ -1017,23 +1061,33 @@ impl Group {
                 encode_to_vec(image, meta.clone()).map_err(|e| e.to_string()).and_then(|data| {
                     let snap = Snapshot { meta, data: Bytes::from(data) };
                     save_snapshot_file(&snapshots, &snap)?;
-                    Ok(snap)
+                    Ok(Compaction::Image(snap))
                 });
             let _ = tx.send(taken);
         });
     }
 
-    fn on_snapshot_taken(&mut self, taken: Result<Snapshot, String>) {
+    fn on_compaction(&mut self, done: Result<Compaction, String>) {
         self.snapshotting = false;
-        match taken {
-            // Refused if a snapshot from the leader got past it meanwhile: nothing to do.
-            Ok(snap) => {
-                let meta = snap.meta.clone();
-                if self.raft.compact(meta.index, snap.data).is_ok() {
-                    self.submit_wal(vec![WalOp::Compact { group: self.group, meta }], None, vec![]);
-                }
+        // Either is refused if a snapshot from the leader got past it meanwhile: nothing to do.
+        let compacted = match done {
+            Ok(Compaction::StoreSynced(meta)) => self.raft.compact_log(meta.index),
+            Ok(Compaction::Image(snap)) => {
+                info!(
+                    group = self.group,
+                    index = snap.meta.index,
+                    bytes = snap.data.len(),
+                    "took an image of the store for a follower"
+                );
+                self.raft.compact(snap.meta.index, snap.data)
             }
-            Err(e) => warn!(group = self.group, error = %e, "snapshot failed; will retry later"),
+            Err(e) => {
+                warn!(group = self.group, error = %e, "compaction failed; will retry later");
+                return;
+            }
+        };
+        if let Ok(meta) = compacted {
+            self.submit_wal(vec![WalOp::Compact { group: self.group, meta }], None, vec![]);
         }
     }
 
@@ -1053,6 +1107,7 @@ impl Group {
             .applied_index()
             .max(st.applied.min(self.sm.applied_index().max(st.snapshot_index)));
         s.last_index = st.last_index;
+        s.snapshot_index = st.snapshot_index;
         s.voters = st.conf.voters.clone();
         s.learners = st.conf.learners.clone();
         s.joint = st.conf.is_joint();

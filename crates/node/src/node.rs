@@ -2,10 +2,11 @@
 //! latest snapshot, bootstrap a new cluster or wait to be joined, then serve the peer, client
 //! and HTTP ports.
 //!
-//! Recovery order matters: the WAL says what the log holds (and the latest snapshot point);
-//! the store says what was applied. A store behind the snapshot point (a crash between saving
-//! a received snapshot and installing it) is re-installed from the snapshot file first. The
-//! store is never ahead of the WAL: entries are applied only once durable.
+//! Recovery order matters: the WAL says what the log holds (and the latest compaction point);
+//! the store says what was applied. The log is compacted only behind a synced store or a saved
+//! image, so the store is at or past the compaction point, except after a crash between
+//! saving a received snapshot and installing it: that store is re-installed from the snapshot
+//! file first. The store is never ahead of the WAL: entries are applied only once durable.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quorumkv_core::{Snapshot, SnapshotMeta};
+use quorumkv_core::SnapshotMeta;
 use quorumkv_kv::StateMachine;
 use quorumkv_raft::RestoreState;
 use quorumkv_storage::disk::{Disk, RealDisk};
@@ -162,16 +163,24 @@ fn recover(
         SnapshotFileStore::open(disk.clone(), &cfg.data_dir.join("snap"), 2).map_err(|e| st(&e))?;
     let restore = match recovered.groups.get(&DEFAULT_GROUP) {
         Some(g) => {
-            let snapshot = match &g.snapshot {
-                Some(meta) => Some(load_snapshot(&snapshots, disk.as_ref(), meta)?),
+            // The last compaction point, and its image if the node kept one (a log compacted
+            // behind the synced store keeps none: the store itself is the state to go on from).
+            let snapshot_data = match &g.snapshot {
+                Some(meta) => load_snapshot(&snapshots, disk.as_ref(), meta)?,
                 None => None,
             };
-            let snap_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
-            if let Some(s) = &snapshot
-                && sm.applied_index() < snap_index
-            {
+            let snap_index = g.snapshot.as_ref().map_or(0, |m| m.index);
+            if sm.applied_index() < snap_index {
+                let Some(data) = &snapshot_data else {
+                    return Err(StartError::Storage(format!(
+                        "the WAL says the log was compacted at {snap_index}, but the store in {} has applied only {} and no snapshot file for {snap_index} is in {}: the store lost synced writes; restore this node from a backup or remove it and add it back empty",
+                        cfg.data_dir.display(),
+                        sm.applied_index(),
+                        snapshots.dir().display()
+                    )));
+                };
                 info!(index = snap_index, "store is behind the snapshot; installing it");
-                let mut dec = SnapshotDecoder::new(&s.data[..]).map_err(|e| st(&e))?;
+                let mut dec = SnapshotDecoder::new(&data[..]).map_err(|e| st(&e))?;
                 sm.install_snapshot(&mut dec).map_err(|e| st(&e))?;
             }
             let last = snap_index + g.entries.len() as u64;
@@ -191,7 +200,8 @@ fn recover(
             );
             RestoreState {
                 hard_state: g.hard_state.unwrap_or_default(),
-                snapshot,
+                snapshot: g.snapshot.clone(),
+                snapshot_data,
                 entries: g.entries.clone(),
                 applied,
             }
@@ -215,29 +225,23 @@ fn recover(
     Ok((restore, sm, writer, snapshots))
 }
 
+/// The image kept for compaction point `meta`, if its file is there (verified); `None` if the
+/// log was compacted with no image.
 fn load_snapshot(
     snapshots: &SnapshotFileStore,
     disk: &dyn Disk,
     meta: &SnapshotMeta,
-) -> Result<Snapshot, StartError> {
+) -> Result<Option<Bytes>, StartError> {
     let files = snapshots.list().map_err(|e| StartError::Storage(e.to_string()))?;
-    let info = files
-        .iter()
-        .rev()
-        .find(|f| f.index == meta.index && f.term == meta.term)
-        .ok_or_else(|| {
-            StartError::Storage(format!(
-                "the WAL says the log was compacted at {}@{} but no snapshot file for it is in {}",
-                meta.index,
-                meta.term,
-                snapshots.dir().display()
-            ))
-        })?;
+    let Some(info) = files.iter().rev().find(|f| f.index == meta.index && f.term == meta.term)
+    else {
+        return Ok(None);
+    };
     snapshots.verify(info).map_err(|e| StartError::Storage(e.to_string()))?;
     let data = disk
         .read_all(&info.path)
         .map_err(|e| StartError::Storage(format!("{}: {e}", info.path.display())))?;
-    Ok(Snapshot { meta: meta.clone(), data: Bytes::from(data) })
+    Ok(Some(Bytes::from(data)))
 }
 
 /// Starts a node and serves its three ports until the returned node is shut down.

@@ -45,11 +45,14 @@
 //! itself only once its own copy is durable, but it may send entries to followers before
 //! persisting them (§10.2.1): persisting and replicating proceed in parallel.
 //!
-//! **Snapshots (§5).** The driver periodically snapshots the state machine and calls
-//! [`Raft::compact`]; the log is dropped up to that point. A follower that needs a compacted
-//! entry receives the snapshot in chunks of `snapshot_chunk_bytes`, a few in flight; a lost
-//! chunk is resent from the follower's acknowledged offset, so a transfer resumes rather than
-//! restarts.
+//! **Snapshots (§5).** The driver periodically compacts the log: either with an image of the
+//! state machine ([`Raft::compact`]), or, when its state machine is itself durable, with none
+//! ([`Raft::compact_log`]: the state machine is made durable through the index and the log
+//! dropped up to it). A leader holding no image asks for one ([`Ready::snapshot_wanted`]) only
+//! when a follower needs a compacted entry, so in a healthy group no replica ever encodes its
+//! whole state. The follower receives the snapshot in chunks of `snapshot_chunk_bytes`, a few
+//! in flight; a lost chunk is resent from the follower's acknowledged offset, so a transfer
+//! resumes rather than restarts.
 //!
 //! **Reads (§6.4).** A linearizable read needs proof that the leader still leads. ReadIndex:
 //! the leader records its commit index (once an entry of its term has committed), confirms
@@ -99,6 +102,8 @@
 //!    membership by the time it is handed out.
 //! 9. `read_states` — serve each read once the state machine has applied its index;
 //!    `failed_reads` — answer with the error (the client may retry elsewhere).
+//! 10. `snapshot_wanted` — take an image of the state machine at its applied index (off the
+//!     hot path if it is large) and hand it to [`Raft::compact`].
 //!
 //! A driver that pauses (a stopped process, a long GC) must deliver the ticks it missed
 //! before handling any message or request after it resumes, so leases and timeouts see the

@@ -25,9 +25,14 @@ use crate::ready::{ReadState, Ready, Role, SoftState};
 pub struct RestoreState {
     /// Last persisted term, vote and commit index.
     pub hard_state: HardState,
-    /// The latest local snapshot, if any (its data is what this replica sends to followers
-    /// that need a snapshot once it leads).
-    pub snapshot: Option<Snapshot>,
+    /// Where the log was last compacted (the index, term and membership it starts after), if
+    /// it ever was.
+    pub snapshot: Option<SnapshotMeta>,
+    /// An image of the state machine at `snapshot`, if the driver keeps one: what this replica
+    /// sends a follower that needs a snapshot once it leads. Without one (the log was compacted
+    /// behind a durable state machine, [`Raft::compact_log`]) the leader asks for an image when
+    /// a follower first needs it ([`Ready::snapshot_wanted`]).
+    pub snapshot_data: Option<Bytes>,
     /// Durable log entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
     /// Highest index the state machine has already applied (≥ the snapshot index). Entries
@@ -47,6 +52,7 @@ impl RestoreState {
         Self {
             hard_state: HardState { term: 1, vote: None, commit: 1 },
             snapshot: None,
+            snapshot_data: None,
             entries: vec![Entry {
                 index: 1,
                 term: 1,
@@ -181,8 +187,13 @@ pub struct Raft {
     election_timeout: u64,
     /// Ticks since this replica started: the logical clock for leases.
     tick_count: u64,
-    /// The latest local snapshot, sent to followers that need it.
+    /// The latest image of the state machine, sent to followers that need it. `None` when
+    /// the log was compacted past the last image (or none was ever taken): the leader then
+    /// asks the driver for one.
     snapshot: Option<Snapshot>,
+    /// A follower needs a snapshot and no usable image is held: reported once in the next
+    /// ready (and again each time a follower is found still waiting).
+    snapshot_wanted: bool,
     msgs: Vec<Message>,
     msgs_after_persist: Vec<Message>,
     read_states: Vec<ReadState>,
@@ -201,7 +212,7 @@ impl Raft {
     pub fn new(cfg: Config, state: RestoreState, seed: u64) -> Result<Self, RaftError> {
         cfg.validate().map_err(|ConfigError(e)| RaftError::BadRestore(e))?;
         let (snap_index, snap_term, base_conf) = match &state.snapshot {
-            Some(s) => (s.meta.index, s.meta.term, s.meta.conf_state.clone()),
+            Some(m) => (m.index, m.term, m.conf_state.clone()),
             None => (0, 0, ConfState::default()),
         };
         for (i, e) in state.entries.iter().enumerate() {
@@ -234,7 +245,11 @@ impl Raft {
             election_elapsed: 0,
             election_timeout: 0,
             tick_count: 0,
-            snapshot: state.snapshot,
+            snapshot: state
+                .snapshot
+                .zip(state.snapshot_data)
+                .map(|(meta, data)| Snapshot { meta, data }),
+            snapshot_wanted: false,
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
             read_states: Vec::new(),
@@ -409,8 +424,30 @@ impl Raft {
     }
 
     /// The driver took a snapshot of the state machine at applied index `index`; the log is
-    /// compacted through it and `data` is kept to send to followers that fall behind.
+    /// compacted through it and `data` is kept to send to followers that fall behind (those
+    /// already waiting for one get it now).
     pub fn compact(&mut self, index: LogIndex, data: Bytes) -> Result<SnapshotMeta, RaftError> {
+        let meta = self.compact_to(index)?;
+        self.snapshot = Some(Snapshot { meta: meta.clone(), data });
+        self.offer_snapshot();
+        Ok(meta)
+    }
+
+    /// The driver made its state machine durable through applied index `index` (it will come
+    /// back at or after `index` from a restart) and kept no image of it: the log is compacted
+    /// through `index` with no snapshot to send. An image is asked for, with
+    /// [`Ready::snapshot_wanted`], only when a follower needs one; until then no replica
+    /// encodes its state machine at all.
+    pub fn compact_log(&mut self, index: LogIndex) -> Result<SnapshotMeta, RaftError> {
+        let meta = self.compact_to(index)?;
+        // An older image cannot serve a follower any more: the entries after it are gone.
+        if self.snapshot.as_ref().is_some_and(|s| s.meta.index < meta.index) {
+            self.snapshot = None;
+        }
+        Ok(meta)
+    }
+
+    fn compact_to(&mut self, index: LogIndex) -> Result<SnapshotMeta, RaftError> {
         let bad = |reason| RaftError::BadCompaction { index, reason };
         if index > self.log.applied {
             return Err(bad("index not yet applied"));
@@ -427,8 +464,25 @@ impl Raft {
         if self.conf_history.first().is_none_or(|(i, _)| *i > index) {
             self.conf_history.insert(0, (index, meta.conf_state.clone()));
         }
-        self.snapshot = Some(Snapshot { meta: meta.clone(), data });
         Ok(meta)
+    }
+
+    /// A leader that just got an image starts sending it to every follower stuck behind the
+    /// log's start.
+    fn offer_snapshot(&mut self) {
+        let first_held = self.log.snapshot_index + 1;
+        let Some(l) = self.leader_mut() else { return };
+        let waiting: Vec<NodeId> = l
+            .progress
+            .iter()
+            .filter(|(_, p)| p.state != ProgressState::Snapshot && p.next_index < first_held)
+            .map(|(&id, _)| id)
+            .collect();
+        for to in waiting {
+            if to != self.cfg.id {
+                self.start_snapshot(to);
+            }
+        }
     }
 
     /// The driver made this replica's log durable through (`index`, `term`) — the
@@ -559,6 +613,7 @@ impl Raft {
             || self.log.has_unstable()
             || self.log.has_next_committed()
             || self.pending_install.is_some()
+            || self.snapshot_wanted
             || !self.read_states.is_empty()
             || !self.failed_reads.is_empty()
             || (self.term, self.vote) != (self.last_hard_state.term, self.last_hard_state.vote)
@@ -597,6 +652,8 @@ impl Raft {
             hard_state,
             commit_index,
             snapshot: self.pending_install.take(),
+            snapshot_wanted: std::mem::take(&mut self.snapshot_wanted)
+                && matches!(self.role, RoleState::Leader(_)),
             entries,
             messages: std::mem::take(&mut self.msgs),
             persisted_messages: std::mem::take(&mut self.msgs_after_persist),
@@ -1225,8 +1282,18 @@ impl Raft {
 
     // ----- snapshot sending (leader) -------------------------------------------------------
 
+    /// The held image, if a follower that installs it can go on from the log.
+    fn usable_snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref().filter(|s| s.meta.index >= self.log.snapshot_index)
+    }
+
     fn start_snapshot(&mut self, to: NodeId) {
-        let Some(index) = self.snapshot.as_ref().map(|s| s.meta.index) else { return };
+        let Some(index) = self.usable_snapshot().map(|s| s.meta.index) else {
+            // Nothing to send yet: ask the driver for an image; the probe stays as it is and
+            // `compact` starts the transfer when the image arrives.
+            self.snapshot_wanted = true;
+            return;
+        };
         let Some(l) = self.leader_mut() else { return };
         let Some(p) = l.progress.get_mut(&to) else { return };
         p.become_snapshot(index);
@@ -1234,7 +1301,15 @@ impl Raft {
     }
 
     fn send_snapshot_chunks(&mut self, to: NodeId) {
-        let Some(snap) = self.snapshot.clone() else { return };
+        let Some(snap) = self.usable_snapshot().cloned() else {
+            // The image being sent was dropped by a later compaction: probe again, which
+            // asks for a new one.
+            if let Some(p) = self.leader_mut().and_then(|l| l.progress.get_mut(&to)) {
+                p.become_probe();
+            }
+            self.start_snapshot(to);
+            return;
+        };
         let chunk = self.cfg.snapshot_chunk_bytes as u64;
         let window = chunk * self.cfg.snapshot_chunks_in_flight as u64;
         let total = snap.data.len() as u64;

@@ -68,6 +68,11 @@ pub struct Ready {
     /// replacing the whole log, before applying `committed_entries` and before sending
     /// `persisted_messages`.
     pub snapshot: Option<Snapshot>,
+    /// This leader has a follower to send a snapshot to and holds no usable image (its log was
+    /// compacted with [`crate::Raft::compact_log`], or past its last image): take an image of
+    /// the state machine at its applied index and hand it to [`crate::Raft::compact`]. Asked
+    /// again while a follower still waits; a driver already taking one may ignore the repeat.
+    pub snapshot_wanted: bool,
     /// Entries to append to the durable log. The first entry's index may be at or below the
     /// last persisted one: the durable log must then drop everything from that index on first.
     pub entries: Vec<Entry>,
@@ -109,6 +114,7 @@ impl Ready {
             && !self.must_persist()
             && self.messages.is_empty()
             && self.persisted_messages.is_empty()
+            && !self.snapshot_wanted
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
             && self.failed_reads.is_empty()

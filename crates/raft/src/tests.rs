@@ -24,6 +24,8 @@ struct Cluster {
     /// Rewrites each message in flight; drops it if this returns true.
     drop_if: Option<MessageFilter>,
     delivered: Vec<Message>,
+    /// Replicas whose readies asked for a snapshot image, in order.
+    snapshot_wanted: Vec<NodeId>,
 }
 
 fn config(id: NodeId) -> Config {
@@ -52,6 +54,7 @@ impl Cluster {
             drop_kind: None,
             drop_if: None,
             delivered: Vec::new(),
+            snapshot_wanted: Vec::new(),
         };
         // The bootstrap membership entry takes effect when first handed out.
         cluster.stabilize();
@@ -96,6 +99,9 @@ impl Cluster {
                     self.queue.extend(rd.persisted_messages.iter().cloned());
                     self.applied.entry(id).or_default().extend(rd.committed_entries);
                     self.reads.entry(id).or_default().extend(rd.read_states);
+                    if rd.snapshot_wanted {
+                        self.snapshot_wanted.push(id);
+                    }
                     self.failed_reads
                         .entry(id)
                         .or_default()
@@ -568,6 +574,53 @@ fn snapshot_5_chunked_install_resumes_after_lost_chunk() {
     assert_eq!(c.applied_data(3), vec![Bytes::from_static(b"after")]);
 }
 
+// §5, compaction behind a durable state machine: the leader drops its log with no image, asks
+// for one only when a follower needs a compacted entry, and the follower catches up from it.
+#[test]
+fn snapshot_5_image_taken_only_when_a_follower_needs_it() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.isolate(3);
+    for d in ["a", "b", "c"] {
+        c.propose(1, d).unwrap();
+    }
+    c.stabilize();
+    for id in [1, 2] {
+        let applied = c.nodes[&id].applied_index();
+        c.node(id).compact_log(applied).unwrap();
+    }
+    c.stabilize();
+    assert!(c.snapshot_wanted.is_empty(), "nobody needs an image while followers keep up");
+    let behind = c.nodes[&3].applied_index();
+    c.heal();
+    c.tick_all(3);
+    assert_eq!(c.snapshot_wanted.first(), Some(&1), "the leader asks for an image for node 3");
+    assert!(c.snapshot_wanted.iter().all(|&id| id == 1), "only a leader asks");
+    assert_eq!(c.nodes[&3].applied_index(), behind, "nothing reaches node 3 before the image");
+    // Hand it an image at its applied index: the waiting follower gets it at once.
+    let applied = c.nodes[&1].applied_index();
+    c.node(1).compact(applied, Bytes::from_static(b"image")).unwrap();
+    c.stabilize();
+    assert_eq!(c.nodes[&3].snapshot_index(), applied);
+    c.propose(1, "after").unwrap();
+    c.tick_all(2);
+    assert_eq!(c.applied_data(3), vec![Bytes::from_static(b"after")]);
+    // A later log-only compaction drops the image (no follower could go on from it).
+    c.propose(1, "more").unwrap();
+    c.stabilize();
+    let applied = c.nodes[&1].applied_index();
+    c.node(1).compact_log(applied).unwrap();
+    c.snapshot_wanted.clear();
+    c.isolate(2);
+    c.propose(1, "x").unwrap();
+    c.stabilize();
+    let applied = c.nodes[&1].applied_index();
+    c.node(1).compact_log(applied).unwrap();
+    c.heal();
+    c.tick_all(3);
+    assert_eq!(c.snapshot_wanted.first(), Some(&1));
+}
+
 // Restart: a replica rebuilt from its durable state keeps its term, vote and log.
 #[test]
 fn restart_restores_term_vote_log_and_membership() {
@@ -585,6 +638,7 @@ fn restart_restores_term_vote_log_and_membership() {
             commit: before.commit,
         },
         snapshot: None,
+        snapshot_data: None,
         entries,
         applied: 1,
     };

@@ -133,6 +133,10 @@ pub struct RunReport {
     pub elections: u64,
     /// Snapshots installed on followers.
     pub snapshot_installs: u64,
+    /// Images taken because a leader asked for one (`Ready::snapshot_wanted`).
+    pub images_on_request: u64,
+    /// The run compacted logs without images (the node's mode).
+    pub lazy_images: bool,
     /// Crashes injected.
     pub crashes: u64,
     /// Starts refused because a flipped bit was found in the WAL (the expected outcome of a
@@ -225,6 +229,8 @@ pub fn run(options: &SimOptions) -> RunReport {
         events: outcome.events,
         elections: outcome.elections,
         snapshot_installs: outcome.snapshot_installs,
+        images_on_request: outcome.images_on_request,
+        lazy_images: outcome.lazy_images,
         crashes: outcome.crashes,
         corruptions_detected: outcome.corruptions_detected,
         fsync_failures: outcome.fsync_failures,

@@ -153,17 +153,15 @@ impl NodeStore {
         let snaps = SnapshotFileStore::open(shared, Path::new(SNAP_DIR), usize::MAX)?;
         let snapshot_files = snaps.list()?;
         let g = recovered.groups.remove(&group).unwrap_or_default();
-        let snapshot = match g.snapshot {
-            Some(meta) => {
-                let data = read_snapshot(&snapshot_files, disk, meta.index, meta.term)?;
-                Some(Snapshot { meta, data })
-            }
+        let snapshot_data = match &g.snapshot {
+            Some(meta) => Some(read_snapshot(&snapshot_files, disk, meta.index, meta.term)?),
             None => None,
         };
-        let applied = snapshot.as_ref().map_or(0, |s| s.meta.index);
+        let applied = g.snapshot.as_ref().map_or(0, |m| m.index);
         let state = RestoreState {
             hard_state: g.hard_state.unwrap_or_default(),
-            snapshot,
+            snapshot: g.snapshot,
+            snapshot_data,
             entries: g.entries,
             applied,
         };
@@ -342,8 +340,9 @@ mod tests {
         disk.crash_with(CrashMode::LoseUnsynced);
         let state = NodeStore::open(&disk, 1, &small()).unwrap().state;
         assert_eq!(state.hard_state, hs);
-        let snap = state.snapshot.expect("snapshot recovered");
-        assert_eq!((snap.meta, &snap.data[..]), (meta, &b"S30"[..]));
+        let (snap_meta, data) =
+            state.snapshot.zip(state.snapshot_data).expect("snapshot recovered");
+        assert_eq!((snap_meta, &data[..]), (meta, &b"S30"[..]));
         assert_eq!(state.applied, 30);
         let idx: Vec<u64> = state.entries.iter().map(|e| e.index).collect();
         assert_eq!(idx, (31..=40).collect::<Vec<_>>());
@@ -368,7 +367,7 @@ mod tests {
         drop(store);
         disk.crash_with(CrashMode::LoseUnsynced);
         let Opened { mut store, state, .. } = NodeStore::open(&disk, 1, &small()).unwrap();
-        assert_eq!(state.snapshot.map(|s| s.data), Some(Bytes::from("5")));
+        assert_eq!(state.snapshot_data, Some(Bytes::from("5")));
         store.sync().unwrap();
         let left: Vec<u64> = store.snaps.list().unwrap().iter().map(|i| i.index).collect();
         assert_eq!(store.snapshot_files.len(), 1);

@@ -144,6 +144,9 @@ pub struct Plan {
     pub keys: u32,
     /// Log entries between snapshots.
     pub compact_every: u64,
+    /// Compact the log with no image handed to Raft (the node's mode: its store is durable),
+    /// taking an image only when a leader asks for one; otherwise every compaction carries one.
+    pub lazy_images: bool,
     /// Raft tunables shared by every node (id filled per node).
     pub raft: Config,
     /// WAL segment size: small segments make rotation, checkpoints and segment deletion
@@ -182,6 +185,10 @@ pub struct Outcome {
     pub elections: u64,
     /// Snapshots installed from a leader.
     pub snapshot_installs: u64,
+    /// Images a leader asked for (`Ready::snapshot_wanted`) and got.
+    pub images_on_request: u64,
+    /// The plan compacted without images.
+    pub lazy_images: bool,
     /// Crashes injected.
     pub crashes: u64,
     /// Starts refused because a flipped bit was found in the WAL.
@@ -212,6 +219,8 @@ impl Outcome {
             end_time: 0,
             elections: 0,
             snapshot_installs: 0,
+            images_on_request: 0,
+            lazy_images: false,
             crashes: 0,
             corruptions_detected: 0,
             fsync_failures: 0,
@@ -254,6 +263,7 @@ pub struct World {
     ops_info: u64,
     elections: u64,
     snapshot_installs: u64,
+    images_on_request: u64,
     crashes: u64,
     corruptions_detected: u64,
     fsync_failures: u64,
@@ -345,6 +355,7 @@ impl World {
             ops_info: 0,
             elections: 0,
             snapshot_installs: 0,
+            images_on_request: 0,
             crashes: 0,
             corruptions_detected: 0,
             fsync_failures: 0,
@@ -441,6 +452,8 @@ impl World {
             end_time: self.now,
             elections: self.elections,
             snapshot_installs: self.snapshot_installs,
+            images_on_request: self.images_on_request,
+            lazy_images: self.plan.lazy_images,
             crashes: self.crashes,
             corruptions_detected: self.corruptions_detected,
             fsync_failures: self.fsync_failures,
@@ -671,19 +684,24 @@ impl World {
                 path.display()
             ));
         }
-        let kv = match &state.snapshot {
-            Some(s) => match crate::kv::KvState::restore(&s.data) {
+        let kv = match (&state.snapshot, &state.snapshot_data) {
+            (Some(meta), Some(data)) => match crate::kv::KvState::restore(data) {
                 Some(kv) => kv,
                 None => {
                     self.inv.violations.push(format!(
                         "storage: node {id} recovered snapshot {}@t{} whose data does not decode",
-                        s.meta.index, s.meta.term
+                        meta.index, meta.term
                     ));
                     return;
                 }
             },
-            None => Default::default(),
+            _ => Default::default(),
         };
+        let mut state = state;
+        if self.plan.lazy_images {
+            // The file stands for the durable store; Raft itself restarts with no image.
+            state.snapshot_data = None;
+        }
         let mut cfg = self.plan.raft.clone();
         cfg.id = id;
         let seed = self.rng.next_u64();
@@ -968,6 +986,9 @@ impl World {
                 }
             }
             self.serve_ready_reads(slot);
+            if rd.snapshot_wanted {
+                self.take_image(slot);
+            }
             self.maybe_compact(slot);
             let n = &mut self.nodes[slot];
             if let Some(r) = n.raft.as_ref() {
@@ -995,29 +1016,48 @@ impl World {
         }
     }
 
+    /// Every `compact_every` applied entries, compacts the log. With `lazy_images` Raft gets no
+    /// image (as in the node, whose store is durable by itself); the file written here stands
+    /// for that durable store, which a restart recovers the state machine from.
     fn maybe_compact(&mut self, slot: usize) {
         let every = self.plan.compact_every;
-        let n = &mut self.nodes[slot];
-        let Some(r) = n.raft.as_mut() else { return };
-        let applied = n.kv.applied;
-        if applied < r.snapshot_index() + every
-            || applied > r.stable_index()
-            || applied != r.applied_index()
-        {
+        let n = &self.nodes[slot];
+        let Some(r) = n.raft.as_ref() else { return };
+        if n.kv.applied < r.snapshot_index() + every {
             return;
         }
-        let data = n.kv.snapshot();
-        if let Ok(meta) = r.compact(applied, data.clone()) {
-            // The snapshot file is durable before the WAL logs the compaction; the compaction
-            // record itself rides on the next group fsync.
-            let Some(store) = n.store.as_mut() else { return };
-            if let Err(e) = store.save_snapshot(&Snapshot { meta, data }) {
-                self.storage_failed(slot, e);
-                return;
-            }
-            self.record(slot, TraceEvent::Compacted { index: applied });
-            self.start_fsync(slot);
+        self.compact_at_applied(slot, !self.plan.lazy_images);
+    }
+
+    /// A leader asked for an image to send a follower: take one at the applied index.
+    fn take_image(&mut self, slot: usize) {
+        if self.compact_at_applied(slot, true) {
+            self.images_on_request += 1;
         }
+    }
+
+    /// Compacts the log at the applied index, handing Raft the image if `with_image`; the
+    /// image's file is durable before the WAL logs the compaction, and the compaction record
+    /// rides on the next group fsync. False if the applied index cannot be compacted now.
+    fn compact_at_applied(&mut self, slot: usize, with_image: bool) -> bool {
+        let n = &mut self.nodes[slot];
+        let Some(r) = n.raft.as_mut() else { return false };
+        let applied = n.kv.applied;
+        if applied > r.stable_index() || applied != r.applied_index() {
+            return false;
+        }
+        let data = n.kv.snapshot();
+        let compacted =
+            if with_image { r.compact(applied, data.clone()) } else { r.compact_log(applied) };
+        let Ok(meta) = compacted else { return false };
+        let Some(store) = n.store.as_mut() else { return false };
+        if let Err(e) = store.save_snapshot(&Snapshot { meta, data }) {
+            self.storage_failed(slot, e);
+            return false;
+        }
+        self.record(slot, TraceEvent::Compacted { index: applied });
+        self.start_fsync(slot);
+        true
     }
 
     /// Schedules the group fsync if something waits for one and none is scheduled.
@@ -1657,11 +1697,13 @@ pub fn plan(
     if !beyond && rng.chance(0.5) {
         raft.lease_read_max_drift_ticks = Some(2);
     }
+    let lazy_images = rng.chance(0.5);
     Plan {
         nodes,
         clients: rng.range(3, 9) as usize,
         keys: rng.range(1, 5) as u32,
         compact_every: *rng.pick(&[10u64, 50, 300]).unwrap_or(&50),
+        lazy_images,
         wal_segment_bytes_max: *rng.pick(&[4u64 << 10, 64 << 10, 1 << 20]).unwrap_or(&(64 << 10)),
         raft,
         faults,

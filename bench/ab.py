@@ -4,7 +4,7 @@
 For every round, each variant gets a fresh cluster (started as bench/compare.py starts its
 quorumkv cluster), and every cell runs on it with a short warm-up; variants alternate order
 round by round so drift in machine speed cancels out. Prints each run, then per cell the
-median ops/s, p50 and server CPU per op (all members, from /proc), with ratios against the
+median ops/s, p50, p99 and server CPU per op (all members, from /proc), with ratios against the
 first variant. No etcd involved; every run is bounded.
 
     python3 bench/ab.py --variant base=/tmp/quorumkv-old --variant new=target/release/quorumkv
@@ -60,7 +60,8 @@ def main():
                     r = compare.measure(load_generator, cluster, workload, clients, args.duration)
                     results.setdefault((workload, clients, name), []).append(r)
                     print(f"round {rnd} {name:>10} {workload}×{clients}: {r['ops_per_sec']:>9,.0f} ops/s "
-                          f"p50 {r['latency_ms_p50']:.2f} ms  cpu {r['cpu_us_per_op']:.0f} µs/op", flush=True)
+                          f"p50 {r['latency_ms_p50']:.2f} ms  p99 {r['latency_ms_p99']:.2f} ms  "
+                          f"cpu {r['cpu_us_per_op']:.0f} µs/op", flush=True)
             finally:
                 cluster.stop()
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -72,9 +73,10 @@ def main():
             ops = statistics.median(r["ops_per_sec"] for r in rs)
             cpu = statistics.median(r["cpu_us_per_op"] for r in rs)
             p50 = statistics.median(r["latency_ms_p50"] for r in rs)
+            p99 = statistics.median(r["latency_ms_p99"] for r in rs)
             base = base or (ops, cpu)
             print(f"{workload}×{clients:<4} {name:>10}: {ops:>9,.0f} ops/s ({ops / base[0]:.2f}×)  "
-                  f"p50 {p50:.2f} ms  cpu {cpu:.0f} µs/op ({cpu / base[1]:.2f}×)")
+                  f"p50 {p50:.2f} ms  p99 {p99:.2f} ms  cpu {cpu:.0f} µs/op ({cpu / base[1]:.2f}×)")
 
 
 if __name__ == "__main__":

@@ -614,15 +614,16 @@ impl Wal {
 
     /// Writes the buffer at the end of the active segment and fsyncs it.
     fn flush(&mut self) -> Result<(), WalError> {
-        let path = self.active_path();
         if let Err(e) = self.active.write_at(self.synced_len, &self.buf) {
             if e.kind() == io::ErrorKind::StorageFull {
                 return Err(self.reject_batch(e));
             }
+            let path = self.active_path();
             return Err(self.fail(format!("write to {} failed: {e}", path.display())));
         }
         let started = Instant::now();
         if let Err(e) = self.active.sync() {
+            let path = self.active_path();
             return Err(self.fail(format!("fsync of {} failed: {e}", path.display())));
         }
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);

@@ -149,7 +149,10 @@ fn recover(
         disk.clone(),
         &cfg.data_dir.join("store.redb"),
         RedbOptions {
-            durability: CommitDurability::Deferred { sync_every_commits: 1024 },
+            // The WAL is the durable record; the store is synced only when the log is
+            // compacted behind it (off the group loop). A periodic fsync on the apply path
+            // (every 1,024 commits before) cost 10-16% of put throughput and lengthened p99.
+            durability: CommitDurability::ON_SYNC_ONLY,
             ..Default::default()
         },
     )

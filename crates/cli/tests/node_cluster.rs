@@ -26,6 +26,16 @@ fn get(key: &str, serializable: bool) -> RangeRequest {
     RangeRequest { key: key.as_bytes().to_vec().into(), serializable, ..Default::default() }
 }
 
+/// Waits up to 20 s for node `i` to serve `key = value` from its own store (a node catching
+/// up); fails with `what` and the node's log otherwise.
+async fn serves_within(c: &Cluster, i: usize, (key, value): (&str, &str), what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value_at(c, i, key, true).await.as_deref() != Some(value) {
+        assert!(Instant::now() < deadline, "{what}:\n{}", c.nodes[i].log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn value_at(c: &Cluster, i: usize, key: &str, serializable: bool) -> Option<String> {
     let mut kv = c.kv(i).await;
     let r = kv.range(get(key, serializable)).await.ok()?.into_inner();
@@ -101,15 +111,7 @@ async fn three_nodes_elect_replicate_and_survive_leader_kill() {
     // Writes continue without the old leader; then it restarts from its data dir and catches up.
     assert!(put_until(&c, "after", "kill", Instant::now() + Duration::from_secs(10)).await);
     c.spawn(leader);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while value_at(&c, leader, "after", true).await.as_deref() != Some("kill") {
-        assert!(
-            Instant::now() < deadline,
-            "restarted node did not catch up:\n{}",
-            c.nodes[leader].log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serves_within(&c, leader, ("after", "kill"), "restarted node did not catch up").await;
     for key in &acked {
         assert!(value_at(&c, leader, key, true).await.is_some(), "restarted node lacks {key}");
     }
@@ -138,15 +140,7 @@ async fn a_fourth_node_joins_as_learner_is_promoted_and_a_node_is_removed() {
     let added = cluster.member_add(req).await.expect("member add").into_inner();
     assert_eq!(added.member.as_ref().map(|m| (m.id, m.is_learner)), Some((4, true)));
     // The learner catches up (it received the whole log or a snapshot).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while value_at(&c, idx, "before19", true).await.as_deref() != Some("x") {
-        assert!(
-            Instant::now() < deadline,
-            "learner did not catch up:\n{}",
-            c.nodes[idx].log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serves_within(&c, idx, ("before19", "x"), "learner did not catch up").await;
     let log = c.nodes[idx].log_tail(500);
     assert!(log.contains("installing snapshot from the leader"), "no snapshot install:\n{log}");
     // The leader encoded that image because the learner needed it; its compactions keep none.
@@ -191,15 +185,7 @@ async fn a_fourth_node_joins_as_learner_is_promoted_and_a_node_is_removed() {
     c.kill(other);
     c.spawn(other);
     assert!(put_until(&c, "after-restart", "ok", Instant::now() + Duration::from_secs(10)).await);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while value_at(&c, other, "after-restart", true).await.as_deref() != Some("ok") {
-        assert!(
-            Instant::now() < deadline,
-            "restarted follower did not catch up:\n{}",
-            c.nodes[other].log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serves_within(&c, other, ("after-restart", "ok"), "restarted follower did not catch up").await;
     assert_eq!(value_at(&c, other, "before19", true).await.as_deref(), Some("x"));
 }
 

@@ -79,6 +79,8 @@ pub struct SimNode {
     pub held: Vec<crate::world::Ev>,
     /// Highest commit index seen in this incarnation (it must never decrease).
     pub commit_seen: LogIndex,
+    /// An image a leader asked for is being "encoded" (an `ImageReady` event is on its way).
+    pub image_pending: bool,
     /// A bit was flipped in a durable WAL record on this disk, at (file, byte offset): the
     /// next start must refuse with a corruption error naming that file.
     pub flipped: Option<(PathBuf, u64)>,
@@ -111,6 +113,7 @@ impl SimNode {
             missed_ticks: 0,
             held: Vec::new(),
             commit_seen: 0,
+            image_pending: false,
             flipped: None,
             corrupt: false,
             sync_fault_armed: false,

@@ -5,6 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
+use bytes::Bytes;
 use quorumkv_check::history::{F, HistoryRecorder, Value};
 use quorumkv_core::rng::Rng;
 use quorumkv_core::{ConfChange, ConfChangeStep, LogIndex, NodeId, Snapshot};
@@ -60,23 +61,71 @@ pub enum Response {
 /// Things that happen.
 #[derive(Clone, Debug)]
 pub enum Ev {
-    Tick { slot: usize, incarnation: u32 },
+    Tick {
+        slot: usize,
+        incarnation: u32,
+    },
     Deliver(Message),
-    Fsync { slot: usize, incarnation: u32 },
-    Arrive { slot: usize, client: usize, op_id: u64, req: Request },
-    Respond { client: usize, op_id: u64, resp: Response },
-    AttemptTimeout { client: usize },
-    ClientNext { client: usize },
+    Fsync {
+        slot: usize,
+        incarnation: u32,
+    },
+    /// An image a leader asked for, encoded off the loop as the node does, reaches Raft.
+    ImageReady {
+        slot: usize,
+        incarnation: u32,
+        index: LogIndex,
+        data: Bytes,
+    },
+    Arrive {
+        slot: usize,
+        client: usize,
+        op_id: u64,
+        req: Request,
+    },
+    Respond {
+        client: usize,
+        op_id: u64,
+        resp: Response,
+    },
+    AttemptTimeout {
+        client: usize,
+    },
+    ClientNext {
+        client: usize,
+    },
     Nemesis,
-    EndPartition { token: u64 },
-    Flap { token: u64, a: usize, b: usize },
-    Restart { slot: usize },
-    CrashLeader { slot: usize, term: u64 },
-    DiskSpace { slot: usize },
-    Resume { slot: usize },
+    EndPartition {
+        token: u64,
+    },
+    Flap {
+        token: u64,
+        a: usize,
+        b: usize,
+    },
+    Restart {
+        slot: usize,
+    },
+    CrashLeader {
+        slot: usize,
+        term: u64,
+    },
+    DiskSpace {
+        slot: usize,
+    },
+    Resume {
+        slot: usize,
+    },
     Drift,
-    WipeStep { slot: usize, step: u8, new_id: NodeId },
-    Promote { slot: usize, id: NodeId },
+    WipeStep {
+        slot: usize,
+        step: u8,
+        new_id: NodeId,
+    },
+    Promote {
+        slot: usize,
+        id: NodeId,
+    },
     Heal,
     StopClients,
 }
@@ -546,6 +595,19 @@ impl World {
                 }
                 self.drive(slot);
             }
+            Ev::ImageReady { slot, incarnation, index, data } => {
+                let n = &mut self.nodes[slot];
+                if n.incarnation != incarnation || n.status != Status::Up {
+                    return;
+                }
+                n.image_pending = false;
+                // Refused if the log moved past `index` meanwhile (a newer compaction or a
+                // snapshot from another leader); Raft asks again if a follower still waits.
+                if self.compact_with(slot, index, data, true) {
+                    self.images_on_request += 1;
+                }
+                self.drive(slot);
+            }
             Ev::Fsync { slot, incarnation } => {
                 let n = &mut self.nodes[slot];
                 if n.incarnation != incarnation || n.status != Status::Up {
@@ -637,7 +699,10 @@ impl World {
 
     fn event_slot(&self, ev: &Ev) -> Option<usize> {
         match ev {
-            Ev::Tick { slot, .. } | Ev::Fsync { slot, .. } | Ev::Arrive { slot, .. } => Some(*slot),
+            Ev::Tick { slot, .. }
+            | Ev::Fsync { slot, .. }
+            | Ev::ImageReady { slot, .. }
+            | Ev::Arrive { slot, .. } => Some(*slot),
             Ev::Deliver(m) => self.id_to_slot.get(&m.to).copied(),
             _ => None,
         }
@@ -713,6 +778,7 @@ impl World {
                 n.kv = kv;
                 n.status = Status::Up;
                 n.commit_seen = 0;
+                n.image_pending = false;
             }
             Err(e) => {
                 let msg = format!("node {id} cannot restart from its disk: {e}");
@@ -1029,33 +1095,56 @@ impl World {
         self.compact_at_applied(slot, !self.plan.lazy_images);
     }
 
-    /// A leader asked for an image to send a follower: take one at the applied index.
+    /// A leader asked for an image to send a follower: take one at the applied index. As in
+    /// the node, encoding runs off the loop, so it reaches Raft a little later (the log, the
+    /// leadership or the process may have moved on by then).
     fn take_image(&mut self, slot: usize) {
-        if self.compact_at_applied(slot, true) {
-            self.images_on_request += 1;
+        let n = &mut self.nodes[slot];
+        let Some(r) = n.raft.as_ref() else { return };
+        let applied = n.kv.applied;
+        if n.image_pending || applied > r.stable_index() || applied != r.applied_index() {
+            return;
         }
+        n.image_pending = true;
+        let (data, incarnation) = (n.kv.snapshot(), n.incarnation);
+        let after = self.rng.range(100, 20 * MS);
+        self.schedule(after, Ev::ImageReady { slot, incarnation, index: applied, data });
     }
 
-    /// Compacts the log at the applied index, handing Raft the image if `with_image`; the
-    /// image's file is durable before the WAL logs the compaction, and the compaction record
-    /// rides on the next group fsync. False if the applied index cannot be compacted now.
+    /// Compacts the log at the applied index, handing Raft the image if `with_image`. False if
+    /// the applied index cannot be compacted now.
     fn compact_at_applied(&mut self, slot: usize, with_image: bool) -> bool {
-        let n = &mut self.nodes[slot];
-        let Some(r) = n.raft.as_mut() else { return false };
+        let n = &self.nodes[slot];
+        let Some(r) = n.raft.as_ref() else { return false };
         let applied = n.kv.applied;
         if applied > r.stable_index() || applied != r.applied_index() {
             return false;
         }
         let data = n.kv.snapshot();
+        self.compact_with(slot, applied, data, with_image)
+    }
+
+    /// Compacts the log at `index` (with `data`, the state machine there, as the image if
+    /// `with_image`); the image's file is durable before the WAL logs the compaction, and the
+    /// compaction record rides on the next group fsync. False if Raft refused.
+    fn compact_with(
+        &mut self,
+        slot: usize,
+        index: LogIndex,
+        data: Bytes,
+        with_image: bool,
+    ) -> bool {
+        let n = &mut self.nodes[slot];
+        let Some(r) = n.raft.as_mut() else { return false };
         let compacted =
-            if with_image { r.compact(applied, data.clone()) } else { r.compact_log(applied) };
+            if with_image { r.compact(index, data.clone()) } else { r.compact_log(index) };
         let Ok(meta) = compacted else { return false };
         let Some(store) = n.store.as_mut() else { return false };
         if let Err(e) = store.save_snapshot(&Snapshot { meta, data }) {
             self.storage_failed(slot, e);
             return false;
         }
-        self.record(slot, TraceEvent::Compacted { index: applied });
+        self.record(slot, TraceEvent::Compacted { index });
         self.start_fsync(slot);
         true
     }

@@ -6,7 +6,7 @@ mod harness;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use harness::Cluster;
+use harness::{Cluster, poll_until_async};
 use quorumkv_etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use quorumkv_etcd_proto::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, PutRequest,
@@ -29,11 +29,11 @@ fn get(key: &str, serializable: bool) -> RangeRequest {
 /// Waits up to 20 s for node `i` to serve `key = value` from its own store (a node catching
 /// up); fails with `what` and the node's log otherwise.
 async fn serves_within(c: &Cluster, i: usize, (key, value): (&str, &str), what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while value_at(c, i, key, true).await.as_deref() != Some(value) {
-        assert!(Instant::now() < deadline, "{what}:\n{}", c.nodes[i].log_tail(20));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let served = poll_until_async(Duration::from_secs(20), Duration::from_millis(50), async || {
+        value_at(c, i, key, true).await.as_deref() == Some(value)
+    })
+    .await;
+    assert!(served, "{what}:\n{}", c.nodes[i].log_tail(20));
 }
 
 async fn value_at(c: &Cluster, i: usize, key: &str, serializable: bool) -> Option<String> {

@@ -53,6 +53,25 @@ pub fn poll_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
     }
 }
 
+/// [`poll_until`] for a condition that is itself async (a request to a node that may still be
+/// starting or catching up), for async tests.
+pub async fn poll_until_async(
+    timeout: Duration,
+    every: Duration,
+    mut cond: impl AsyncFnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Runs `cmd` to completion feeding it `stdin`; kills it at `timeout` (code `None`).
 pub fn run_bounded(mut cmd: Command, stdin: &str, timeout: Duration) -> Run {
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -8,10 +8,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quorumkv_etcd_proto::etcdserverpb::kv_client::KvClient;
 use tonic::transport::Channel;
+
+#[path = "../bounded_run/mod.rs"]
+mod bounded_run;
+pub use bounded_run::{poll_until, poll_until_async};
 
 /// The binary under test.
 pub fn binary() -> &'static str {
@@ -156,12 +160,11 @@ impl Cluster {
     pub fn stop(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let exited = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
+            if exited {
+                return;
             }
             let _ = c.kill();
             let _ = c.wait();
@@ -193,12 +196,13 @@ impl Cluster {
 
     /// Waits for a leader; panics with the logs if none appears in time.
     pub fn wait_leader(&mut self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(l) = self.leader() {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let mut leader = None;
+        if poll_until(timeout, Duration::from_millis(50), || {
+            leader = self.leader();
+            leader.is_some()
+        }) && let Some(l) = leader
+        {
+            return l;
         }
         let logs: Vec<String> = self
             .nodes
@@ -210,14 +214,9 @@ impl Cluster {
 
     /// Waits until `f` holds, or panics with `what`.
     pub fn wait_for(&self, timeout: Duration, what: &str, mut f: impl FnMut(&Self) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if f(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !poll_until(timeout, Duration::from_millis(50), || f(self)) {
+            panic!("timed out after {timeout:?} waiting for {what}");
         }
-        panic!("timed out after {timeout:?} waiting for {what}");
     }
 
     /// A KV client for node `i`.

@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use quorumkv_core::{
-    ConfChange, ConfChangeStep, ConfState, EntryKind, GroupId, LogIndex, NodeId, Snapshot,
-    SnapshotMeta, Term,
+    ConfChange, ConfChangeStep, ConfState, EntryKind, GroupId, LogIndex, NodeId, Snapshot, Term,
 };
 use quorumkv_etcd_proto::etcdserverpb::{LeaseLeasesResponse, LeaseTimeToLiveResponse};
 use quorumkv_kv::command::{Command, Request, encode_command};
@@ -443,8 +442,8 @@ const CATCH_UP_ENTRIES: u64 = 5_000;
 
 /// What a compaction run off the loop produced.
 enum Compaction {
-    /// The store is durable through this point: compact the log, no image.
-    StoreSynced(SnapshotMeta),
+    /// The store is durable through this index: compact the log there, no image.
+    StoreSynced(LogIndex),
     /// An image of the store, saved to its file: compact the log and send it to followers.
     Image(Snapshot),
 }
@@ -1027,12 +1026,11 @@ impl Group {
         {
             return;
         }
-        let Some(meta) = self.raft.snapshot_meta_at(through) else { return };
         self.snapshotting = true;
         let (store, tx) = (self.shared.store.clone(), self.snapshot_tx.clone());
         tokio::task::spawn_blocking(move || {
-            // Every commit through `meta.index` happened before this sync began.
-            let synced = store.sync().map(|()| Compaction::StoreSynced(meta));
+            // Every commit through `through` happened before this sync began.
+            let synced = store.sync().map(|()| Compaction::StoreSynced(through));
             let _ = tx.send(synced.map_err(|e| e.to_string()));
         });
     }
@@ -1071,7 +1069,7 @@ impl Group {
         self.snapshotting = false;
         // Either is refused if a snapshot from the leader got past it meanwhile: nothing to do.
         let compacted = match done {
-            Ok(Compaction::StoreSynced(meta)) => self.raft.compact_log(meta.index),
+            Ok(Compaction::StoreSynced(index)) => self.raft.compact_log(index),
             Ok(Compaction::Image(snap)) => {
                 info!(
                     group = self.group,

@@ -1088,40 +1088,37 @@ impl World {
     fn maybe_compact(&mut self, slot: usize) {
         let every = self.plan.compact_every;
         let n = &self.nodes[slot];
-        let Some(r) = n.raft.as_ref() else { return };
-        if n.kv.applied < r.snapshot_index() + every {
+        if n.raft.as_ref().is_none_or(|r| n.kv.applied < r.snapshot_index() + every) {
             return;
         }
-        self.compact_at_applied(slot, !self.plan.lazy_images);
+        if let Some((index, data)) = self.applied_image(slot) {
+            self.compact_with(slot, index, data, !self.plan.lazy_images);
+        }
     }
 
     /// A leader asked for an image to send a follower: take one at the applied index. As in
     /// the node, encoding runs off the loop, so it reaches Raft a little later (the log, the
     /// leadership or the process may have moved on by then).
     fn take_image(&mut self, slot: usize) {
-        let n = &mut self.nodes[slot];
-        let Some(r) = n.raft.as_ref() else { return };
-        let applied = n.kv.applied;
-        if n.image_pending || applied > r.stable_index() || applied != r.applied_index() {
+        if self.nodes[slot].image_pending {
             return;
         }
+        let Some((index, data)) = self.applied_image(slot) else { return };
+        let n = &mut self.nodes[slot];
         n.image_pending = true;
-        let (data, incarnation) = (n.kv.snapshot(), n.incarnation);
+        let incarnation = n.incarnation;
         let after = self.rng.range(100, 20 * MS);
-        self.schedule(after, Ev::ImageReady { slot, incarnation, index: applied, data });
+        self.schedule(after, Ev::ImageReady { slot, incarnation, index, data });
     }
 
-    /// Compacts the log at the applied index, handing Raft the image if `with_image`. False if
-    /// the applied index cannot be compacted now.
-    fn compact_at_applied(&mut self, slot: usize, with_image: bool) -> bool {
+    /// The applied index and the state machine there, if the log can be compacted at it now
+    /// (it is durable and Raft has handed out everything up to it).
+    fn applied_image(&self, slot: usize) -> Option<(LogIndex, Bytes)> {
         let n = &self.nodes[slot];
-        let Some(r) = n.raft.as_ref() else { return false };
+        let r = n.raft.as_ref()?;
         let applied = n.kv.applied;
-        if applied > r.stable_index() || applied != r.applied_index() {
-            return false;
-        }
-        let data = n.kv.snapshot();
-        self.compact_with(slot, applied, data, with_image)
+        (applied <= r.stable_index() && applied == r.applied_index())
+            .then(|| (applied, n.kv.snapshot()))
     }
 
     /// Compacts the log at `index` (with `data`, the state machine there, as the image if

@@ -41,8 +41,63 @@ pub struct ClusterSpec {
     pub log_dir: PathBuf,
     /// Cluster name (nodes refuse peers of other clusters).
     pub name: String,
-    /// Start every node with `--unsafe-stale-reads true` (reads served from local state).
+    /// How the nodes answer linearizable reads.
+    pub reads: ReadMode,
+}
+
+/// How the nodes under test answer linearizable reads. The unsafe modes exist to show that
+/// the checkers catch what they break.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReadMode {
+    /// A leader answers from its store while its read lease holds (`--lease-reads true`).
+    pub lease_reads: bool,
+    /// UNSAFE: every node answers from local state without ReadIndex
+    /// (`--unsafe-stale-reads true`).
     pub unsafe_stale_reads: bool,
+    /// UNSAFE: with lease reads, a leader's lease never ends, not even after it lost
+    /// leadership (`--unsafe-lease-never-expires true`).
+    pub unsafe_lease_never_expires: bool,
+}
+
+impl ReadMode {
+    /// True if any unsafe mode is on.
+    pub fn is_unsafe(&self) -> bool {
+        self.unsafe_stale_reads || self.unsafe_lease_never_expires
+    }
+
+    /// The `quorumkv server` flags of this mode.
+    fn server_flags(&self) -> Vec<&'static str> {
+        let mut flags = Vec::new();
+        if self.lease_reads || self.unsafe_lease_never_expires {
+            flags.extend(["--lease-reads", "true"]);
+        }
+        if self.unsafe_stale_reads {
+            flags.extend(["--unsafe-stale-reads", "true"]);
+        }
+        if self.unsafe_lease_never_expires {
+            flags.extend(["--unsafe-lease-never-expires", "true"]);
+        }
+        flags
+    }
+
+    /// What the report says about this mode, if anything.
+    pub fn note(&self) -> Option<&'static str> {
+        if self.unsafe_stale_reads {
+            Some(
+                "This run used --unsafe-stale-reads: every node answered linearizable reads from its local state without ReadIndex, so stale reads are expected.",
+            )
+        } else if self.unsafe_lease_never_expires {
+            Some(
+                "This run used --unsafe-lease-never-expires: a leader's read lease never ended, not even after it lost leadership, so stale reads are expected.",
+            )
+        } else if self.lease_reads {
+            Some(
+                "This run used --lease-reads: leaders answered linearizable reads under their read lease, without a heartbeat round.",
+            )
+        } else {
+            None
+        }
+    }
 }
 
 /// One node as a client sees it.
@@ -285,13 +340,11 @@ impl Cluster {
         if s.join {
             cmd.args(["--join", "true"]);
         }
-        let unsafe_flags = spec.unsafe_stale_reads || s.clock_offset_ms != 0;
+        let unsafe_flags = spec.reads.is_unsafe() || s.clock_offset_ms != 0;
         if unsafe_flags {
             cmd.args(["--unsafe-test-settings", "true"]);
         }
-        if spec.unsafe_stale_reads {
-            cmd.args(["--unsafe-stale-reads", "true"]);
-        }
+        cmd.args(spec.reads.server_flags());
         if s.clock_offset_ms != 0 {
             cmd.args(["--unsafe-clock-offset-ms", &s.clock_offset_ms.to_string()]);
         }

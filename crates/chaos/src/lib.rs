@@ -33,6 +33,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::client::Channels;
+pub use crate::cluster::ReadMode;
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::nemesis::{Kind, Nemesis};
 use crate::proxy::ProxyNet;
@@ -151,8 +152,8 @@ pub struct Options {
     pub seed: u64,
     /// The report folder (created).
     pub report_dir: PathBuf,
-    /// Start every node with `--unsafe-stale-reads true`.
-    pub unsafe_stale_reads: bool,
+    /// How the nodes answer linearizable reads.
+    pub reads: ReadMode,
     /// Draw a progress bar on stderr.
     pub progress: bool,
     /// The command line, for the report.
@@ -293,7 +294,7 @@ async fn run_inner(
         nodes: opts.nodes,
         log_dir: opts.report_dir.join("nodes"),
         name: format!("chaos-{}", opts.seed),
-        unsafe_stale_reads: opts.unsafe_stale_reads,
+        reads: opts.reads,
     };
     if opts.progress {
         eprintln!("starting {} nodes (logs in {})", opts.nodes, spec.log_dir.display());
@@ -440,9 +441,7 @@ async fn run_inner(
     drop(c);
     let mut notes = vec![report::NOT_TESTED.to_string()];
     notes.push("Client requests a follower forwards to the leader's client port are not proxied: partitions cut Raft traffic only.".into());
-    if opts.unsafe_stale_reads {
-        notes.push("This run used --unsafe-stale-reads: every node answered linearizable reads from its local state without ReadIndex, so stale reads are expected.".into());
-    }
+    notes.extend(opts.reads.note().map(String::from));
     let samples = std::mem::take(&mut *ctx.samples.lock());
     let summary = Summary {
         verdict,
@@ -454,7 +453,7 @@ async fn run_inner(
         concurrency: opts.concurrency,
         workloads: opts.workloads.iter().map(|w| w.name().to_string()).collect(),
         nemeses: opts.nemeses.iter().map(|k| k.name().to_string()).collect(),
-        unsafe_stale_reads: opts.unsafe_stale_reads,
+        reads: opts.reads,
         started_at,
         duration_s: wall.elapsed().as_secs_f64(),
         ops,

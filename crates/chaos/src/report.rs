@@ -60,8 +60,10 @@ pub struct Summary {
     pub workloads: Vec<String>,
     /// Nemeses enabled.
     pub nemeses: Vec<String>,
-    /// Every node served reads from local state.
-    pub unsafe_stale_reads: bool,
+    /// How the nodes answered linearizable reads (flattened: `lease_reads`,
+    /// `unsafe_stale_reads`, `unsafe_lease_never_expires`).
+    #[serde(flatten)]
+    pub reads: crate::cluster::ReadMode,
     /// Wall-clock start (UTC).
     pub started_at: String,
     /// Whole run, seconds.
@@ -438,8 +440,12 @@ code{{background:#f4f4f4;padding:1px 4px}} .note{{background:#fff8e1;border-left
         s.concurrency,
         s.duration_s,
         esc(&s.started_at),
-        if s.unsafe_stale_reads {
+        if s.reads.unsafe_stale_reads {
             " — <b>UNSAFE: every node served linearizable reads from local state</b>"
+        } else if s.reads.unsafe_lease_never_expires {
+            " — <b>UNSAFE: read leases never ended</b>"
+        } else if s.reads.lease_reads {
+            " — lease reads"
         } else {
             ""
         }
@@ -569,7 +575,7 @@ mod tests {
             concurrency: 2,
             workloads: vec!["register".into()],
             nemeses: vec!["partition".into()],
-            unsafe_stale_reads: true,
+            reads: crate::cluster::ReadMode { unsafe_stale_reads: true, ..Default::default() },
             started_at: "2025-01-01T00:00:00Z".into(),
             duration_s: 6.0,
             ops: OpTotals { total: 2, ok: 1, fail: 0, info: 1 },

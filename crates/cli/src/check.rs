@@ -44,6 +44,14 @@ pub struct CheckArgs {
     /// checkers catch stale reads).
     #[arg(long)]
     pub unsafe_stale_reads: bool,
+    /// Start every node with lease reads on: a leader answers linearizable reads from its
+    /// store while its read lease holds, without a heartbeat round.
+    #[arg(long)]
+    pub lease_reads: bool,
+    /// UNSAFE: lease reads whose lease never ends, not even after the leader lost leadership
+    /// (shows that the checkers catch a broken lease).
+    #[arg(long)]
+    pub unsafe_lease_never_expires: bool,
     /// No progress bar on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -77,8 +85,14 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
         "quorumkv check --nodes {} --time-limit {} --concurrency {} --nemesis {} --workload {} --seed {seed}",
         args.nodes, args.time_limit, args.concurrency, args.nemesis, args.workload
     );
-    if args.unsafe_stale_reads {
-        command.push_str(" --unsafe-stale-reads");
+    for (on, flag) in [
+        (args.lease_reads, " --lease-reads"),
+        (args.unsafe_stale_reads, " --unsafe-stale-reads"),
+        (args.unsafe_lease_never_expires, " --unsafe-lease-never-expires"),
+    ] {
+        if on {
+            command.push_str(flag);
+        }
     }
     eprintln!("{command}\nreport: {}", report_dir.display());
     let opts = Options {
@@ -90,7 +104,11 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
         workloads,
         seed,
         report_dir: report_dir.clone(),
-        unsafe_stale_reads: args.unsafe_stale_reads,
+        reads: quorumkv_chaos::ReadMode {
+            lease_reads: args.lease_reads,
+            unsafe_stale_reads: args.unsafe_stale_reads,
+            unsafe_lease_never_expires: args.unsafe_lease_never_expires,
+        },
         progress: !args.quiet,
         command,
     };

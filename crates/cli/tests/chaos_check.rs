@@ -1,7 +1,7 @@
 //! `quorumkv check` against real processes: a full run of every workload under partitions,
-//! kills and pauses must pass and write its report, and a run against a deliberately unsafe
-//! build setting (`--unsafe-stale-reads`) must report the violation, which shows the harness
-//! and its checkers can fail.
+//! kills and pauses must pass and write its report, as must a run with lease reads; and runs
+//! against deliberately unsafe settings (`--unsafe-stale-reads`, `--unsafe-lease-never-expires`)
+//! must report the violation, which shows the harness and its checkers can fail.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -75,11 +75,9 @@ fn every_workload_passes_a_minute_of_partitions_kills_and_pauses() {
     }
 }
 
-#[test]
-fn stale_follower_reads_are_reported_as_a_violation() {
-    // Reads served from a follower's local state go stale while it is cut off: the register
-    // workload's linearizability check must say so. The faults are real-time, so allow a few
-    // runs (different seeds) to produce a stale read; in practice the first one does.
+/// Runs `quorumkv check` with an unsafe setting until one run reports the violation; the
+/// faults are real-time, so a few runs (different seeds) are allowed to see none.
+fn expect_violation(unsafe_flag: &str, summary_field: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut outputs = Vec::new();
     for seed in ["8", "9", "10"] {
@@ -93,7 +91,7 @@ fn stale_follower_reads_are_reported_as_a_violation() {
                 "partition",
                 "--workload",
                 "register",
-                "--unsafe-stale-reads",
+                unsafe_flag,
                 "--seed",
                 seed,
             ],
@@ -101,7 +99,7 @@ fn stale_follower_reads_are_reported_as_a_violation() {
         match out.status.code() {
             Some(1) => {
                 assert_eq!(summary["verdict"], "fail", "{summary}");
-                assert_eq!(summary["unsafe_stale_reads"], true);
+                assert_eq!(summary[summary_field], true, "{summary}");
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 assert!(stdout.contains("NOT linearizable"), "{}", show(&out));
                 assert!(report.join("report.html").exists());
@@ -114,4 +112,44 @@ fn stale_follower_reads_are_reported_as_a_violation() {
         }
     }
     panic!("three unsafe runs never reported a violation:\n{}", outputs.join("\n---\n"));
+}
+
+#[test]
+fn stale_follower_reads_are_reported_as_a_violation() {
+    // Reads served from a follower's local state go stale while it is cut off: the register
+    // workload's linearizability check must say so.
+    expect_violation("--unsafe-stale-reads", "unsafe_stale_reads");
+}
+
+#[test]
+fn a_read_lease_that_never_ends_is_reported_as_a_violation() {
+    // A leader cut off by a partition keeps answering from its store after the majority has
+    // elected a new leader and moved on: the reads it serves are stale.
+    expect_violation("--unsafe-lease-never-expires", "unsafe_lease_never_expires");
+}
+
+#[test]
+fn lease_reads_pass_partitions_kills_and_pauses() {
+    // The same faults with leaders answering reads under their lease: pauses stop a leader's
+    // clock-driven loop while the rest of the cluster moves on, the case a lease must survive.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("report");
+    let (out, summary) = check(
+        &report,
+        &[
+            "--time-limit",
+            "30",
+            "--nemesis",
+            "partition,kill,pause",
+            "--workload",
+            "register,bank,set",
+            "--lease-reads",
+            "--seed",
+            "20261128",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(summary["verdict"], "pass", "{summary}");
+    assert_eq!(summary["lease_reads"], true, "{summary}");
+    assert!(summary["ops"]["ok"].as_u64().unwrap_or(0) > 1_000, "{}", summary["ops"]);
 }

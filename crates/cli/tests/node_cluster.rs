@@ -309,6 +309,8 @@ async fn metrics_expose_every_named_metric_and_probes_answer() {
         assert!(body.lines().any(|l| l.starts_with(name)), "metric {name} missing from /metrics");
     }
     assert!(body.contains("quorumkv_requests_total{op=\"put\",result=\"ok\"}"));
+    // Lease reads are off unless asked for: the read above took a heartbeat round.
+    assert!(body.lines().any(|l| l == "quorumkv_lease_reads_total 0"), "lease read served");
     // The batch histograms are fed, not only declared: the put above went through both.
     for count in ["quorumkv_wal_batch_entries_count", "quorumkv_apply_batch_entries_count"] {
         let observed = body
@@ -323,6 +325,28 @@ async fn metrics_expose_every_named_metric_and_probes_answer() {
         let s = c.status(i).expect("status json");
         assert_eq!(s["voters"].as_array().map(Vec::len), Some(3));
     }
+}
+
+fn metric(c: &Cluster, i: usize, name: &str) -> Option<u64> {
+    let (_, body) = c.http(i, "/metrics")?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reads_are_answered_by_the_leader_without_a_heartbeat_round() {
+    let mut c = Cluster::start_with(3, &["--lease-reads", "true"]);
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let mut kv = c.kv(leader).await;
+    for i in 0..50 {
+        let value = i.to_string();
+        kv.put(put("lease/k", &value)).await.expect("put");
+        // Each read follows an acknowledged write and must see it.
+        assert_eq!(value_at(&c, leader, "lease/k", false).await.as_deref(), Some(value.as_str()));
+    }
+    let served = metric(&c, leader, "quorumkv_lease_reads_total").expect("lease read counter");
+    // The lease is renewed by every heartbeat round, so nearly all reads take the fast path;
+    // a read may still fall back to a round (say, one between a lease's end and the next ack).
+    assert!(served >= 40, "only {served} of 50 reads were served under the lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,9 @@ pub struct NodeConfig {
     pub unsafe_stale_reads: bool,
     /// UNSAFE: offset this node's lease clock by this many milliseconds.
     pub unsafe_clock_offset_ms: i64,
+    /// UNSAFE: with `lease_reads`, a leader's read lease never ends, not even when it loses
+    /// leadership (shows that the checkers catch a broken lease).
+    pub unsafe_lease_never_expires: bool,
 }
 
 impl Default for NodeConfig {
@@ -154,6 +157,7 @@ impl Default for NodeConfig {
             unsafe_test_settings: false,
             unsafe_stale_reads: false,
             unsafe_clock_offset_ms: 0,
+            unsafe_lease_never_expires: false,
         }
     }
 }
@@ -258,6 +262,9 @@ impl NodeConfig {
         if self.lease_reads && self.lease_drift_ticks >= self.election_ticks {
             return bad("lease_drift_ticks must be below election_ticks".into());
         }
+        if self.unsafe_lease_never_expires && !self.lease_reads {
+            return bad("unsafe_lease_never_expires needs lease_reads = true".into());
+        }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 || self.max_request_bytes == 0 {
             return bad("size limits must be at least 1 byte".into());
         }
@@ -270,7 +277,9 @@ impl NodeConfig {
                 self.log_format
             ));
         }
-        let unsafe_used = self.unsafe_stale_reads || self.unsafe_clock_offset_ms != 0;
+        let unsafe_used = self.unsafe_stale_reads
+            || self.unsafe_clock_offset_ms != 0
+            || self.unsafe_lease_never_expires;
         if unsafe_used && !self.unsafe_test_settings {
             return bad("unsafe_* settings need unsafe_test_settings = true (tests only)".into());
         }

@@ -202,6 +202,35 @@ pub struct Shared {
     pub hub_notify: Notify,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The leader's read lease as of the loop's last turn, on this process's monotonic clock.
+    pub read_lease: RwLock<Option<LeaseWindow>>,
+}
+
+/// Until when, and from which applied index on, a leader may answer linearizable reads from
+/// its store without a heartbeat round (Raft dissertation §6.4.1). The loop publishes it;
+/// client tasks check it without a trip through the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseWindow {
+    /// The lease holds before this instant.
+    pub deadline: Instant,
+    /// The store must have applied this index (the commit index when the window was taken).
+    pub commit_index: LogIndex,
+}
+
+impl Shared {
+    /// True if a linearizable read may be served from the store right now under the leader's
+    /// lease. Sound because the deadline comes from ticks the loop never delivers early, and
+    /// every write acknowledged before now is either applied here (this leader acknowledges
+    /// only what it applied) or at or below `commit_index` (an earlier leader's).
+    pub fn lease_read_now(&self) -> bool {
+        let Some(window) = *self.read_lease.read() else { return false };
+        let ok =
+            Instant::now() < window.deadline && self.store.applied_index() >= window.commit_index;
+        if ok {
+            self.metrics.lease_reads.fetch_add(1, Relaxed);
+        }
+        ok
+    }
 }
 
 /// Handle on a running group.
@@ -229,6 +258,9 @@ impl GroupHandle {
 
     /// Waits until a linearizable read may be served from the store.
     pub async fn read_barrier(&self) -> Result<(), GroupError> {
+        if self.shared.lease_read_now() {
+            return Ok(());
+        }
         self.call(|reply| Input::Read { reply }).await
     }
 
@@ -316,6 +348,8 @@ pub struct GroupParams {
     pub unsafe_stale_reads: bool,
     /// Offset of the lease clock (unsafe; tests only).
     pub clock_offset_ms: i64,
+    /// Publish a read lease that never ends (unsafe; tests only).
+    pub unsafe_lease_never_expires: bool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Disk, for snapshot files.
@@ -362,6 +396,13 @@ struct Group {
     commit_unwritten: bool,
     /// Ticks handled.
     ticks: u64,
+    /// Raft's tick count when the loop started, and the instant its tick schedule starts
+    /// from: tick `tick_base + k` is delivered no earlier than `tick_epoch + k * tick`.
+    tick_base: u64,
+    tick_epoch: Instant,
+    /// UNSAFE (tests only): publish the read lease without its end and keep it after losing
+    /// leadership, to show that the checkers catch a broken lease.
+    unsafe_lease_never_expires: bool,
 }
 
 /// Starts the group's loop; returns its handle and the join handle of its task.
@@ -375,6 +416,7 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
         hub: Mutex::new(hub),
         hub_notify: Notify::new(),
         metrics: p.metrics.clone(),
+        read_lease: RwLock::new(None),
     });
     let (tx, rx) = mpsc::channel(65_536);
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
@@ -428,12 +470,23 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
         leader: None,
         commit_unwritten: false,
         ticks: 0,
+        tick_base: 0,
+        tick_epoch: epoch,
+        unsafe_lease_never_expires: p.unsafe_lease_never_expires,
     };
     g.connect_members();
     g.refresh_status();
     let handle = GroupHandle { tx, shared };
     let task = tokio::spawn(async move { g.run(rx, persist_rx, snapshot_rx).await });
     Ok((handle, task))
+}
+
+/// What woke the loop, handled after the ticks that came due.
+enum Woke {
+    Persisted(Persisted),
+    Input(Input),
+    Compaction(Result<Compaction, String>),
+    Tick,
 }
 
 /// Entries a log compaction leaves behind the applied index (etcd keeps 5,000 as well), capped
@@ -481,32 +534,38 @@ impl Group {
         mut persist_rx: mpsc::UnboundedReceiver<Persisted>,
         mut snapshot_rx: mpsc::UnboundedReceiver<Result<Compaction, String>>,
     ) {
-        let mut next_tick = tokio::time::Instant::now() + self.tick;
+        let start = tokio::time::Instant::now();
+        self.tick_base = self.raft.tick_count();
+        self.tick_epoch = start.into_std();
+        let mut next_tick = start + self.tick;
         loop {
             if self.failed.is_some() {
                 // Refuse everything from now on; the node's supervisor stops the process.
+                *self.shared.read_lease.write() = None;
                 while let Some(input) = rx.recv().await {
                     self.refuse(input);
                 }
                 return;
             }
-            tokio::select! {
+            let woke = tokio::select! {
                 biased;
                 p = persist_rx.recv() => match p {
-                    Some(p) => self.on_persisted(p),
+                    Some(p) => Woke::Persisted(p),
                     None => return,
                 },
                 input = rx.recv() => match input {
-                    Some(input) => self.handle(input),
+                    Some(input) => Woke::Input(input),
                     None => return,
                 },
-                Some(done) = snapshot_rx.recv() => self.on_compaction(done),
-                _ = tokio::time::sleep_until(next_tick) => {}
-            }
+                Some(done) = snapshot_rx.recv() => Woke::Compaction(done),
+                _ = tokio::time::sleep_until(next_tick) => Woke::Tick,
+            };
             // Let the tasks that are ready to run (client requests, peer connections) queue
             // their inputs first: one turn then carries many proposals — one log append, one
             // WAL submission and one message per follower for all of them.
             tokio::task::yield_now().await;
+            // Ticks that came due go in before what woke the loop: after a pause, a read must
+            // not be judged against a lease the missed ticks have ended.
             let now = tokio::time::Instant::now();
             let mut due = 0;
             while now >= next_tick && due < 10_000 {
@@ -516,6 +575,12 @@ impl Group {
             }
             if due > 0 {
                 self.on_tick();
+            }
+            match woke {
+                Woke::Persisted(p) => self.on_persisted(p),
+                Woke::Input(input) => self.handle(input),
+                Woke::Compaction(done) => self.on_compaction(done),
+                Woke::Tick => {}
             }
             for _ in 0..4096 {
                 match persist_rx.try_recv() {
@@ -530,7 +595,32 @@ impl Group {
                 }
             }
             self.drain_ready();
+            self.publish_read_lease();
             self.refresh_status();
+        }
+    }
+
+    /// Publishes Raft's read lease on the monotonic clock for [`Shared::lease_read_now`].
+    /// Called before each `Ready`'s messages go out too, so a leadership transfer's
+    /// `TimeoutNow` never leaves while the old window is still published.
+    fn publish_read_lease(&self) {
+        let window = self.raft.read_lease().map(|lease| {
+            let ticks = lease.until_tick.saturating_sub(self.tick_base);
+            let after = u32::try_from(ticks).map_or(Duration::MAX, |t| self.tick.saturating_mul(t));
+            let deadline = self.tick_epoch.checked_add(after).unwrap_or(self.tick_epoch);
+            LeaseWindow { deadline, commit_index: lease.commit_index }
+        });
+        let mut slot = self.shared.read_lease.write();
+        if self.unsafe_lease_never_expires {
+            // The planted bug: no end, and kept after losing leadership.
+            if let Some(w) = window {
+                let forever = Instant::now() + Duration::from_secs(365 * 86_400);
+                *slot = Some(LeaseWindow { deadline: forever, ..w });
+            }
+            return;
+        }
+        if *slot != window {
+            *slot = window;
         }
     }
 
@@ -736,6 +826,7 @@ impl Group {
         if let Some(ss) = rd.soft_state {
             self.on_soft_state(ss.role, ss.leader);
         }
+        self.publish_read_lease();
         let marker = rd.persist_marker();
         for m in rd.messages {
             self.send(m);

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub proposals: AtomicU64,
     /// Proposals that failed or were lost.
     pub proposals_failed: AtomicU64,
+    /// Linearizable reads a leader served under its read lease, without entering the loop.
+    pub lease_reads: AtomicU64,
     /// Times this node became leader.
     pub elections_won: AtomicU64,
     /// Leader changes observed.
@@ -110,6 +112,7 @@ impl Default for Metrics {
             raft_is_leader: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
             proposals_failed: AtomicU64::new(0),
+            lease_reads: AtomicU64::new(0),
             elections_won: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
             wal_fsync: Histogram::new(&LATENCY_BUCKETS),
@@ -196,6 +199,12 @@ impl Metrics {
             "quorumkv_raft_proposals_failed_total",
             "Proposals refused or lost.",
             self.proposals_failed.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "quorumkv_lease_reads_total",
+            "Linearizable reads served under the leader's read lease, without a heartbeat round.",
+            self.lease_reads.load(Relaxed),
         );
         counter(
             &mut out,

@@ -315,6 +315,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         initial_members,
         unsafe_stale_reads: cfg.unsafe_stale_reads,
         clock_offset_ms: cfg.unsafe_clock_offset_ms,
+        unsafe_lease_never_expires: cfg.unsafe_lease_never_expires,
         metrics: metrics.clone(),
         disk,
         snapshot_dir: cfg.data_dir.join("snap"),

@@ -128,7 +128,7 @@ pub use config::Config;
 pub use error::{ConfigError, RaftError};
 pub use message::{AppendResult, Message, MessageBody, ReadId};
 pub use progress::ProgressState;
-pub use raft::{PeerStatus, Raft, RestoreState, Status};
+pub use raft::{PeerStatus, Raft, ReadLease, RestoreState, Status};
 pub use ready::{ReadState, Ready, Role, SoftState};
 
 /// Applies a membership change to a configuration, exactly as the replicas will; lets a driver

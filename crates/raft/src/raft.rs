@@ -120,6 +120,16 @@ enum RoleState {
     Leader(Box<Leader>),
 }
 
+/// A leader's read lease, as [`Raft::read_lease`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLease {
+    /// The lease holds while fewer ticks than this have been delivered.
+    pub until_tick: u64,
+    /// Reads served under the lease must see the state machine at least at this index (every
+    /// write a client may have seen acknowledged by an earlier leader is at or below it).
+    pub commit_index: LogIndex,
+}
+
 /// Per-peer replication status, for operators.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
@@ -735,11 +745,33 @@ impl Raft {
         &self.conf
     }
 
+    /// Ticks delivered since this replica was created (the clock of [`ReadLease::until_tick`]).
+    pub fn tick_count(&self) -> u64 {
+        self.tick_count
+    }
+
     /// True if a lease read would be served right now without a heartbeat round.
     pub fn lease_valid(&self) -> bool {
+        self.lease_usable()
+    }
+
+    /// The leader's read lease as a driver with its own clock serves reads from it: reads may
+    /// be answered from the local state machine without a heartbeat round while the driver's
+    /// clock is below tick `until_tick` (ticks counted as [`Raft::tick`] counts them, so a
+    /// driver that never delivers a tick before its time can map it to an instant) and the
+    /// state machine has applied `commit_index`. `None` unless this replica is a leader with
+    /// leases enabled, no leadership transfer under way and an entry of its term committed.
+    /// The lease may already have run out: comparing with the clock is the driver's part.
+    pub fn read_lease(&self) -> Option<ReadLease> {
         match &self.role {
-            RoleState::Leader(l) => self.lease_usable(l),
-            _ => false,
+            RoleState::Leader(l)
+                if self.cfg.lease_read_max_drift_ticks.is_some()
+                    && l.transferee.is_none()
+                    && self.log.term(self.log.committed) == Some(self.term) =>
+            {
+                Some(ReadLease { until_tick: l.lease_until, commit_index: self.log.committed })
+            }
+            _ => None,
         }
     }
 
@@ -1381,11 +1413,8 @@ impl Raft {
 
     // ----- reads --------------------------------------------------------------------------
 
-    fn lease_usable(&self, l: &Leader) -> bool {
-        self.cfg.lease_read_max_drift_ticks.is_some()
-            && l.transferee.is_none()
-            && self.tick_count < l.lease_until
-            && self.log.term(self.log.committed) == Some(self.term)
+    fn lease_usable(&self) -> bool {
+        self.read_lease().is_some_and(|lease| self.tick_count < lease.until_tick)
     }
 
     fn leader_read(&mut self, id: ReadId, from: Option<NodeId>) -> Result<(), RaftError> {
@@ -1393,11 +1422,10 @@ impl Raft {
         let committed_in_term = self.log.term(committed) == Some(self.term);
         let single_voter = self.quorum.voters() == [self.cfg.id];
         let max = self.cfg.max_pending_reads;
-        let RoleState::Leader(l) = &self.role else {
+        let lease = self.lease_usable();
+        let RoleState::Leader(l) = &mut self.role else {
             return Err(RaftError::NotLeader { leader: self.leader });
         };
-        let lease = self.lease_usable(l);
-        let RoleState::Leader(l) = &mut self.role else { return Ok(()) };
         let waiting = l.reads.len() + l.reads_before_commit.len();
         if waiting >= max {
             return Err(RaftError::TooManyReads(waiting));

@@ -443,6 +443,10 @@ fn lease_read_answers_without_heartbeat_round_and_expires() {
     let l = leaders[0];
     c.tick_all(3);
     assert!(c.nodes[&l].lease_valid());
+    // What a driver with its own clock sees: a lease ending ahead, at the commit index.
+    let lease = c.nodes[&l].read_lease().expect("leader with a lease");
+    assert_eq!(lease.commit_index, c.nodes[&l].commit_index());
+    assert!(lease.until_tick > c.nodes[&l].tick_count());
     c.delivered.clear();
     c.node(l).read_index(1).unwrap();
     c.stabilize();
@@ -452,6 +456,11 @@ fn lease_read_answers_without_heartbeat_round_and_expires() {
     c.isolate(l);
     c.tick(l, 10);
     assert!(!c.nodes[&l].lease_valid());
+    let lease = c.nodes[&l].read_lease().expect("still leader, lease run out");
+    assert!(lease.until_tick <= c.nodes[&l].tick_count());
+    // Followers report none.
+    let follower = *c.nodes.keys().find(|&&n| n != l).unwrap();
+    assert_eq!(c.nodes[&follower].read_lease(), None);
 }
 
 // §4.3: adding a voter goes through the joint configuration and back out.

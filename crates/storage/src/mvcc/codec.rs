@@ -3,11 +3,11 @@
 //!
 //! Rules this module keeps:
 //! - Every row key starts with a one-byte kind, so each kind is one contiguous key range:
-//!   `m` + name → user metadata, `r` + revision → user key (the revision index, for watches and
-//!   compaction), `s` → the store's counters, `v` + escaped user key + revision → one version.
-//! - User keys are escaped so that the encoding is order-preserving and prefix-free
-//!   (`0x00` → `0x00 0xFF`, end → `0x00 0x01`): the versions of one key are contiguous, sorted
-//!   by revision, and keys sort as etcd sorts them (bytewise).
+//!   `m` + name → user metadata, `r` + revision → one version (its user key inside the row
+//!   value), `s` → the store's counters.
+//! - Versions are keyed by revision alone, so every write appends at the right edge of the
+//!   engine's B-tree (a batch of puts dirties one or two leaves, not one per key). Finding a
+//!   key's versions is the in-memory key index's job (`index.rs`), rebuilt from these rows.
 //! - Revisions are written big-endian in keys so that byte order is numeric order.
 //! - Decoding never panics: a malformed row is a [`MvccError::Corrupt`].
 
@@ -17,25 +17,23 @@ use super::MvccError;
 
 /// First byte of a metadata row.
 pub(crate) const META_PREFIX: u8 = b'm';
-/// First byte of a revision-index row.
+/// First byte of a version row.
 pub(crate) const REV_PREFIX: u8 = b'r';
 /// The key of the counters row.
 pub(crate) const SYS_KEY: &[u8] = b"s";
-/// First byte of a version row.
-pub(crate) const VERSION_PREFIX: u8 = b'v';
 
 /// Exclusive end of the metadata rows.
 pub(crate) const META_END: &[u8] = b"n";
-/// Exclusive end of the revision-index rows.
-pub(crate) const REV_END: &[u8] = b"s";
 /// Exclusive end of the version rows.
-pub(crate) const VERSION_END: &[u8] = b"w";
+pub(crate) const REV_END: &[u8] = b"s";
 
-/// Bytes a revision takes at the end of a version row key and in a revision-index key.
+/// Bytes a revision takes in a version row key.
 pub(crate) const REV_BYTES: usize = 12;
 
 /// Layout version written in the counters row; a store with another value is refused.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// 1: versions keyed by escaped user key + revision, plus a revision-index row per version.
+/// 2: one row per version keyed by revision, user key in the value.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 
 /// A position in the store's history: the main revision (one per write transaction that
 /// changed data) and the sub-revision (one per change inside that transaction).
@@ -49,24 +47,6 @@ pub struct Revision {
 
 fn corrupt(what: &str) -> MvccError {
     MvccError::Corrupt(what.to_string())
-}
-
-/// Appends the order-preserving, prefix-free escape of `key`.
-pub(crate) fn push_escaped(out: &mut Vec<u8>, key: &[u8]) {
-    for &b in key {
-        out.push(b);
-        if b == 0 {
-            out.push(0xFF);
-        }
-    }
-    out.extend_from_slice(&[0x00, 0x01]);
-}
-
-fn push_revision(out: &mut Vec<u8>, rev: Revision) {
-    // Revisions in rows are always >= 1, so the cast keeps order; assert the positive space.
-    debug_assert!(rev.main >= 0, "negative revision {rev:?} in a row key");
-    out.extend_from_slice(&(rev.main as u64).to_be_bytes());
-    out.extend_from_slice(&rev.sub.to_be_bytes());
 }
 
 fn read_revision(bytes: &[u8]) -> Result<Revision, MvccError> {
@@ -84,91 +64,22 @@ fn read_revision(bytes: &[u8]) -> Result<Revision, MvccError> {
     Ok(Revision { main, sub })
 }
 
-/// `v` + escaped key: every version row of `key` starts with this and nothing else does.
-pub(crate) fn version_prefix(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 3 + REV_BYTES);
-    out.push(VERSION_PREFIX);
-    push_escaped(&mut out, key);
+/// The version row key of `rev` (on the stack: one is built per point lookup).
+pub(crate) fn rev_key(rev: Revision) -> [u8; 1 + REV_BYTES] {
+    // Revisions in rows are always >= 1, so the cast keeps order; assert the positive space.
+    debug_assert!(rev.main >= 0, "negative revision {rev:?} in a row key");
+    let mut out = [0u8; 1 + REV_BYTES];
+    out[0] = REV_PREFIX;
+    out[1..9].copy_from_slice(&(rev.main as u64).to_be_bytes());
+    out[9..].copy_from_slice(&rev.sub.to_be_bytes());
     out
 }
 
-/// The smallest row key after every row that starts with `prefix` (a [`version_prefix`]).
-/// The prefix ends with the terminator `0x00 0x01`, so bumping its last byte is enough.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut out = prefix.to_vec();
-    if let Some(last) = out.last_mut() {
-        *last += 1;
-    }
-    out
-}
-
-/// The row key of `key`'s version at `rev`.
-#[cfg(test)]
-pub(crate) fn version_key(key: &[u8], rev: Revision) -> Vec<u8> {
-    let mut out = version_prefix(key);
-    push_revision(&mut out, rev);
-    out
-}
-
-/// Appends `rev` to a [`version_prefix`], giving that key's row at `rev`.
-pub(crate) fn version_key_from_prefix(prefix: &[u8], rev: Revision) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prefix.len() + REV_BYTES);
-    out.extend_from_slice(prefix);
-    push_revision(&mut out, rev);
-    out
-}
-
-/// Splits a version row key into (its prefix, the revision).
-pub(crate) fn split_version_key(row: &[u8]) -> Result<(&[u8], Revision), MvccError> {
-    let cut = row
-        .len()
-        .checked_sub(REV_BYTES)
-        .filter(|&cut| cut >= 3)
-        .ok_or_else(|| corrupt("version row key too short"))?;
-    let (prefix, rev) = row.split_at(cut);
-    if prefix.first() != Some(&VERSION_PREFIX) || !prefix.ends_with(&[0x00, 0x01]) {
-        return Err(corrupt("version row key lacks its prefix or terminator"));
-    }
-    Ok((prefix, read_revision(rev)?))
-}
-
-/// Recovers the user key from a [`version_prefix`].
-pub(crate) fn user_key_of_prefix(prefix: &[u8]) -> Result<Vec<u8>, MvccError> {
-    let body = prefix.get(1..).ok_or_else(|| corrupt("empty version prefix"))?;
-    let mut out = Vec::with_capacity(body.len());
-    let mut i = 0;
-    while i < body.len() {
-        let b = body.get(i).copied().unwrap_or_default();
-        if b != 0 {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        match body.get(i + 1) {
-            Some(0xFF) => {
-                out.push(0);
-                i += 2;
-            }
-            Some(0x01) if i + 2 == body.len() => return Ok(out),
-            _ => return Err(corrupt("bad escape in a version row key")),
-        }
-    }
-    Err(corrupt("version row key has no terminator"))
-}
-
-/// The revision-index row key of `rev`.
-pub(crate) fn rev_key(rev: Revision) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + REV_BYTES);
-    out.push(REV_PREFIX);
-    push_revision(&mut out, rev);
-    out
-}
-
-/// The revision of a revision-index row key.
+/// The revision of a version row key.
 pub(crate) fn parse_rev_key(row: &[u8]) -> Result<Revision, MvccError> {
     match row.split_first() {
         Some((&REV_PREFIX, rest)) if rest.len() == REV_BYTES => read_revision(rest),
-        _ => Err(corrupt("malformed revision-index row key")),
+        _ => Err(corrupt("malformed version row key")),
     }
 }
 
@@ -191,7 +102,9 @@ pub(crate) fn meta_name(row: &[u8]) -> Result<&[u8], MvccError> {
 /// One version of one key as stored in its row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct VersionRecord {
-    /// True for the marker a delete leaves; the other fields are then zero/empty.
+    /// The user key (never empty).
+    pub key: Bytes,
+    /// True for the marker a delete leaves; the fields below are then zero/empty.
     pub tombstone: bool,
     /// Revision at which the key was created (in this life: deletes reset it).
     pub create_revision: i64,
@@ -204,53 +117,105 @@ pub(crate) struct VersionRecord {
 }
 
 const FLAG_TOMBSTONE: u8 = 1;
-const RECORD_HEADER_BYTES: usize = 1 + 8 * 3;
+/// Flags byte and key length.
+const KEY_HEADER_BYTES: usize = 1 + 4;
+/// Create revision, version and lease of a live version.
+const LIVE_FIELDS_BYTES: usize = 8 * 3;
+
+/// The user key and tombstone flag of a version row, without decoding the rest.
+pub(crate) fn version_key_of(row: &[u8]) -> Result<(&[u8], bool), MvccError> {
+    let tombstone = match row.first() {
+        Some(&FLAG_TOMBSTONE) => true,
+        Some(&0) => false,
+        _ => return Err(corrupt("version row has unknown flags")),
+    };
+    let len = row
+        .get(1..KEY_HEADER_BYTES)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| corrupt("version row too short for its key length"))?;
+    let end = KEY_HEADER_BYTES
+        .checked_add(len as usize)
+        .ok_or_else(|| corrupt("version row key length out of range"))?;
+    let key = row
+        .get(KEY_HEADER_BYTES..end)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| corrupt("version row key missing or empty"))?;
+    if tombstone && row.len() != end {
+        return Err(corrupt("tombstone row has bytes after its key"));
+    }
+    Ok((key, tombstone))
+}
 
 impl VersionRecord {
-    /// The marker a delete leaves.
-    pub(crate) fn tombstone() -> Self {
-        Self { tombstone: true, create_revision: 0, version: 0, lease: 0, value: Bytes::new() }
+    /// The marker a delete of `key` leaves.
+    pub(crate) fn tombstone(key: Bytes) -> Self {
+        Self { key, tombstone: true, create_revision: 0, version: 0, lease: 0, value: Bytes::new() }
     }
 
-    /// Row value: flags, create revision, version, lease (little-endian), then the value.
+    /// Row value: flags (`u8`: 0 live, 1 tombstone), key length (`u32`), key; a live version
+    /// then has create revision, version, lease (`i64`), then the value to the end of the row.
+    /// Integers are little-endian.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        if self.tombstone {
-            return vec![FLAG_TOMBSTONE];
+        let live_bytes = if self.tombstone { 0 } else { LIVE_FIELDS_BYTES + self.value.len() };
+        let mut out = Vec::with_capacity(KEY_HEADER_BYTES + self.key.len() + live_bytes);
+        out.push(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
+        // Keys are limited far below 4 GiB at the API edge.
+        out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.key);
+        if !self.tombstone {
+            out.extend_from_slice(&self.create_revision.to_le_bytes());
+            out.extend_from_slice(&self.version.to_le_bytes());
+            out.extend_from_slice(&self.lease.to_le_bytes());
+            out.extend_from_slice(&self.value);
         }
-        let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + self.value.len());
-        out.push(0);
-        out.extend_from_slice(&self.create_revision.to_le_bytes());
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.lease.to_le_bytes());
-        out.extend_from_slice(&self.value);
         out
     }
 
-    /// Decodes [`VersionRecord::encode`]; with `keys_only` the value is not copied.
-    pub(crate) fn decode(row: &[u8], keys_only: bool) -> Result<Self, MvccError> {
-        match row.first() {
-            Some(&FLAG_TOMBSTONE) if row.len() == 1 => return Ok(Self::tombstone()),
-            Some(&0) if row.len() >= RECORD_HEADER_BYTES => {}
-            _ => return Err(corrupt("malformed version row")),
+    /// Decodes [`VersionRecord::encode`]; with `skip_value` the value is not copied.
+    pub(crate) fn decode(row: &[u8], skip_value: bool) -> Result<Self, MvccError> {
+        let (key, tombstone) = version_key_of(row)?;
+        Self::decode_fields(row, Bytes::copy_from_slice(key), tombstone, skip_value)
+    }
+
+    /// Decodes a row whose key the caller expects to be `key`: checked, and shared instead
+    /// of copied.
+    pub(crate) fn decode_known(
+        row: &[u8],
+        key: &Bytes,
+        skip_value: bool,
+    ) -> Result<Self, MvccError> {
+        let (row_key, tombstone) = version_key_of(row)?;
+        if row_key != key.as_ref() {
+            return Err(corrupt("a version row holds another key than the key index says"));
         }
-        let field = |at: usize| {
-            row.get(at..at + 8)
+        Self::decode_fields(row, key.clone(), tombstone, skip_value)
+    }
+
+    /// Decodes the fields after the key (`key`, already checked against the row).
+    fn decode_fields(
+        row: &[u8],
+        key: Bytes,
+        tombstone: bool,
+        skip_value: bool,
+    ) -> Result<Self, MvccError> {
+        if tombstone {
+            return Ok(Self::tombstone(key));
+        }
+        let at = KEY_HEADER_BYTES + key.len();
+        let field = |n: usize| {
+            row.get(at + 8 * n..at + 8 * (n + 1))
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(i64::from_le_bytes)
                 .ok_or_else(|| corrupt("version row too short"))
         };
-        let value = if keys_only {
+        let (create_revision, version, lease) = (field(0)?, field(1)?, field(2)?);
+        let value = if skip_value {
             Bytes::new()
         } else {
-            Bytes::copy_from_slice(row.get(RECORD_HEADER_BYTES..).unwrap_or_default())
+            Bytes::copy_from_slice(row.get(at + LIVE_FIELDS_BYTES..).unwrap_or_default())
         };
-        Ok(Self {
-            tombstone: false,
-            create_revision: field(1)?,
-            version: field(9)?,
-            lease: field(17)?,
-            value,
-        })
+        Ok(Self { key, tombstone: false, create_revision, version, lease, value })
     }
 }
 
@@ -341,41 +306,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaped_keys_sort_like_raw_keys_and_round_trip() {
-        let keys: Vec<&[u8]> = vec![
-            b"",
-            b"\x00",
-            b"\x00\x00",
-            b"\x00\x01",
-            b"\x00\xff",
-            b"a",
-            b"a\x00",
-            b"a\x00b",
-            b"ab",
-            b"b",
-            b"\xff",
+    fn version_row_keys_sort_by_revision_and_round_trip() {
+        let revs = [
+            Revision { main: 1, sub: 0 },
+            Revision { main: 1, sub: 7 },
+            Revision { main: 2, sub: 0 },
+            Revision { main: 256, sub: 0 },
+            Revision { main: i64::MAX, sub: u32::MAX },
         ];
-        for a in &keys {
-            for b in &keys {
-                let (ea, eb) = (version_prefix(a), version_prefix(b));
-                assert_eq!(a.cmp(b), ea.cmp(&eb), "{a:?} vs {b:?}");
-                // Versions of a key stay between its prefix and the prefix end.
-                let row = version_key(a, Revision { main: 7, sub: 2 });
-                assert!(row > ea && row < prefix_end(&ea));
-                if a < b {
-                    assert!(prefix_end(&ea) <= eb, "{a:?} versions overlap {b:?}");
-                }
+        for a in &revs {
+            assert_eq!(parse_rev_key(&rev_key(*a)).expect("valid"), *a);
+            assert!(rev_key(*a).as_slice() < REV_END);
+            for b in &revs {
+                assert_eq!(a.cmp(b), rev_key(*a).cmp(&rev_key(*b)), "{a:?} vs {b:?}");
             }
-            let row = version_key(a, Revision { main: 9, sub: 3 });
-            let (prefix, rev) = split_version_key(&row).expect("valid row");
-            assert_eq!(rev, Revision { main: 9, sub: 3 });
-            assert_eq!(user_key_of_prefix(prefix).expect("valid prefix"), a.to_vec());
         }
     }
 
     #[test]
     fn records_and_counters_round_trip_and_reject_garbage() {
         let rec = VersionRecord {
+            key: Bytes::from_static(b"k\x00ey"),
             tombstone: false,
             create_revision: 3,
             version: 2,
@@ -383,11 +334,26 @@ mod tests {
             value: Bytes::from_static(b"hello"),
         };
         assert_eq!(VersionRecord::decode(&rec.encode(), false).expect("ok"), rec);
-        let tomb = VersionRecord::tombstone();
+        let no_value = VersionRecord::decode(&rec.encode(), true).expect("ok");
+        assert_eq!(no_value, VersionRecord { value: Bytes::new(), ..rec.clone() });
+        let known = VersionRecord::decode_known(&rec.encode(), &rec.key, false).expect("ok");
+        assert_eq!(known, rec);
+        let other = Bytes::from_static(b"other");
+        assert!(VersionRecord::decode_known(&rec.encode(), &other, false).is_err());
+        let tomb = VersionRecord::tombstone(Bytes::from_static(b"gone"));
         assert_eq!(VersionRecord::decode(&tomb.encode(), false).expect("ok"), tomb);
+        assert_eq!(version_key_of(&tomb.encode()).expect("ok"), (&b"gone"[..], true));
         assert!(VersionRecord::decode(&[0, 1, 2], false).is_err());
         assert!(VersionRecord::decode(&[1, 0], false).is_err());
         assert!(VersionRecord::decode(&[], false).is_err());
+        // Empty key, key length past the end, live row cut short, tombstone with a tail.
+        assert!(VersionRecord::decode(&[1, 0, 0, 0, 0], false).is_err());
+        assert!(VersionRecord::decode(&[0, 9, 0, 0, 0, b'k'], false).is_err());
+        assert!(VersionRecord::decode(&[0, 1, 0, 0, 0, b'k', 1, 2], false).is_err());
+        assert!(VersionRecord::decode(&[1, 1, 0, 0, 0, b'k', 0], false).is_err());
+        let mut huge = vec![0, 0xff, 0xff, 0xff, 0xff];
+        huge.extend_from_slice(b"k");
+        assert!(VersionRecord::decode(&huge, false).is_err());
 
         let sys = Sys {
             current_revision: 10,
@@ -401,9 +367,13 @@ mod tests {
         let mut bad = sys.encode();
         bad[0] = 9;
         assert!(matches!(Sys::decode(&bad), Err(MvccError::UnsupportedLayout { found: 9, .. })));
+        // A store of layout 1 (versions keyed by user key) is refused, not misread.
+        bad[..4].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(
+            Sys::decode(&bad),
+            Err(MvccError::UnsupportedLayout { found: 1, supported: 2 })
+        ));
         assert!(Sys::decode(&bad[1..]).is_err());
-        assert!(split_version_key(b"v\x00").is_err());
-        assert!(user_key_of_prefix(b"va\x00\x02").is_err());
         assert!(parse_rev_key(b"r123").is_err());
     }
 }

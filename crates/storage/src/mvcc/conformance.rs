@@ -52,6 +52,7 @@ macro_rules! mvcc_conformance_tests {
             random_ops_match_the_model,
             seal_gives_each_command_its_own_revision,
             rollback_to_seal_undoes_only_the_current_command,
+            undone_changes_leave_no_trace_when_their_revisions_are_reused,
             batched_commands_match_one_txn_per_command,
         );
     };
@@ -965,6 +966,61 @@ pub fn rollback_to_seal_undoes_only_the_current_command<S: MvccStore>(make: &dyn
     txn.commit(3).expect("commit");
     put_all(&reference, 3, &[(b"d", b"1")]);
     assert_same_stores(&store, &reference);
+}
+
+/// Changes that were never committed (a dropped transaction, a command rolled back to its
+/// seal, sealed commands of a dropped transaction) leave nothing behind, even when the next
+/// committed changes get exactly their revisions: reads, watches, later puts and compaction
+/// see only what was committed. (A leftover in a backend's key lookup structures would name
+/// a revision now held by another key.)
+pub fn undone_changes_leave_no_trace_when_their_revisions_are_reused<S: MvccStore>(
+    make: &dyn Fn() -> S,
+) {
+    let store = make();
+    put_all(&store, 1, &[(b"a", b"1")]); // rev 2
+    {
+        let mut txn = store.write_txn().expect("txn");
+        txn.put(b"x", b"dropped", 0).expect("put"); // would be 3.0
+        txn.put(b"a", b"dropped", 0).expect("put");
+        txn.seal().expect("seal");
+        txn.delete_range(b"a", SINGLE_KEY).expect("delete"); // would be 4.0
+        txn.compact(2).expect("compact");
+        txn.seal().expect("seal");
+    }
+    put_all(&store, 2, &[(b"y", b"1")]); // rev 3, reusing the dropped revision 3.0
+    let mut txn = store.write_txn().expect("txn");
+    txn.put(b"z", b"1", 0).expect("put");
+    assert_eq!(txn.seal().expect("seal").revision, 4);
+    txn.put(b"x", b"undone", 0).expect("put"); // 5.0, undone
+    txn.put(b"a", b"undone", 0).expect("put");
+    txn.delete_range(b"y", SINGLE_KEY).expect("delete");
+    txn.rollback_to_seal().expect("rollback");
+    txn.put(b"w", b"1", 0).expect("put"); // 5.0 again
+    assert_eq!(txn.get(b"x").expect("get"), None);
+    assert_eq!(txn.get(b"a").expect("get"), Some(kv(b"a", 2, 2, 1, 0, b"1")));
+    assert_eq!(txn.commit(3).expect("commit").revision, 5);
+    assert_eq!(store.compacted_revision(), 0);
+
+    assert_eq!(get(&store, b"x", 0), None);
+    assert_eq!(get(&store, b"a", 0), Some(kv(b"a", 2, 2, 1, 0, b"1")));
+    assert_eq!(get(&store, b"y", 0), Some(kv(b"y", 3, 3, 1, 0, b"1")));
+    assert_eq!(get(&store, b"w", 5), Some(kv(b"w", 5, 5, 1, 0, b"1")));
+    let all = store.range(b"\0", ALL_FROM_KEY, &RangeOptions::default()).expect("range");
+    assert_eq!(keys_of(&all.kvs), vec![&b"a"[..], b"w", b"y", b"z"]);
+    assert_eq!(all.count, 4);
+    let events = store.events_since(3, b"\0", ALL_FROM_KEY, 0).expect("events");
+    let changed: Vec<(&[u8], i64)> =
+        events.events.iter().map(|e| (e.kv.key.as_ref(), e.kv.mod_revision)).collect();
+    assert_eq!(changed, vec![(&b"y"[..], 3), (b"z", 4), (b"w", 5)]);
+    assert!(events.events.iter().all(|e| e.prev_kv.is_none()));
+    let stats = store.stats().expect("stats");
+    assert_eq!((stats.key_count, stats.version_count), (4, 4));
+    // A later put of a key only the undone changes wrote creates it afresh.
+    put_all(&store, 4, &[(b"x", b"2")]); // rev 6
+    assert_eq!(get(&store, b"x", 0), Some(kv(b"x", 6, 6, 1, 0, b"2")));
+    store.compact(6).expect("compact");
+    assert_eq!(get(&store, b"a", 6), Some(kv(b"a", 2, 2, 1, 0, b"1")));
+    assert_eq!(store.range(b"\0", ALL_FROM_KEY, &at(6)).expect("range").count, 5);
 }
 
 /// One operation of a command in [`check_batched_against_one_per_txn`].

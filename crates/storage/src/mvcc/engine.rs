@@ -1,24 +1,36 @@
 //! The MVCC logic, written once over an ordered byte map ([`Rows`] / [`RowsMut`]) that each
-//! backend provides: reads at a revision, puts, deletes, compaction, watches from the past,
-//! and image export/import for snapshots.
+//! backend provides, plus the in-memory key index ([`SharedIndex`]) both backends keep: reads
+//! at a revision, puts, deletes, compaction, watches from the past, and image export/import
+//! for snapshots.
 //!
 //! Rules this module keeps:
-//! - It never caches rows: each backend's map is the only truth, so a backend that passes
-//!   the conformance suite for its map primitives is correct for everything built on them.
+//! - Rows are the truth; the only thing cached is the key index (key → revisions, see
+//!   `index.rs`), which is derived from the version rows and cannot disagree with them:
+//!   it is rebuilt from the rows on open and from the image on restore, a transaction's
+//!   revisions enter it only around the engine commit that writes their rows (taken out again
+//!   if that commit fails), and a compaction's removals leave it only after the commit that
+//!   removed the rows. Values, counters and metadata are always read from the rows.
+//! - A reader pairs an engine snapshot with the index by [`read_consistent`]: the index may
+//!   hold revisions above the snapshot (filtered by the read revision) and, for a moment
+//!   after a compaction commit, versions the snapshot no longer has (never the answer to a
+//!   read at or above the compacted revision); if the index has applied a compaction above
+//!   the read revision, or was replaced by a restore, the reader retries on a fresh snapshot.
 //! - Counters ([`Sys`]) change only inside a transaction and are written with its commit.
 //! - Scans read rows in bounded batches, so one read never holds more than
 //!   [`SCAN_BATCH_ROWS`] rows it does not need.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::ops::Bound;
 
 use bytes::Bytes;
+use parking_lot::RwLockReadGuard;
 use quorumkv_core::LogIndex;
 
 use super::codec::{
-    self, REV_END, Revision, SYS_KEY, Sys, VERSION_END, VersionRecord, meta_key, meta_name,
-    parse_rev_key, prefix_end, rev_key, row_cost, split_version_key, user_key_of_prefix,
-    version_key_from_prefix, version_prefix,
+    self, REV_END, Revision, SYS_KEY, Sys, VersionRecord, meta_key, meta_name, parse_rev_key,
+    rev_key, row_cost, version_key_of,
 };
+use super::index::{IndexedRev, KeyIndex, Overlay, SharedIndex, key_bounds, latest_of};
 use super::{
     CommitResult, Event, EventBatch, EventKind, ImageInfo, ImageRecord, ImageSource, KeyValue,
     MvccError, RangeOptions, RangeResult, SealResult,
@@ -26,33 +38,35 @@ use super::{
 
 /// Rows fetched per primitive scan call.
 pub(crate) const SCAN_BATCH_ROWS: usize = 256;
-/// Once this many versions of one key at or below the read revision have been walked, the
-/// rest of that key is resolved with one point lookup instead (deep, uncompacted history).
-const DEEP_HISTORY_VERSIONS: usize = 32;
 
 /// One row of the ordered map: key and value.
 pub(crate) type Row = (Vec<u8>, Vec<u8>);
-
-/// Called once per key by [`scan_latest`] with (key prefix, revision, row value).
-type EmitFn<'a> = dyn FnMut(&[u8], Revision, &[u8]) -> Result<bool, MvccError> + 'a;
 
 /// Read access to an ordered byte map. Ranges are half-open `[lo, hi)`; an empty or inverted
 /// range yields nothing.
 pub(crate) trait Rows {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MvccError>;
-    /// The last row in `[lo, hi)`.
-    fn last_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Row>, MvccError>;
     /// Up to `rows_max` rows of `[lo, hi)`, in key order.
     fn scan(&self, lo: &[u8], hi: &[u8], rows_max: usize) -> Result<Vec<Row>, MvccError>;
+}
+
+impl<T: Rows + ?Sized> Rows for &T {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MvccError> {
+        (**self).get(key)
+    }
+
+    fn scan(&self, lo: &[u8], hi: &[u8], rows_max: usize) -> Result<Vec<Row>, MvccError> {
+        (**self).scan(lo, hi, rows_max)
+    }
 }
 
 /// Write access to an ordered byte map.
 pub(crate) trait RowsMut: Rows {
     /// Inserts or replaces a row.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), MvccError>;
-    /// Removes a row if present.
-    fn remove(&mut self, key: &[u8]) -> Result<(), MvccError>;
+    /// Removes a row if present; returns the length of the value it held.
+    fn remove(&mut self, key: &[u8]) -> Result<Option<usize>, MvccError>;
 }
 
 /// The counters stored in `rows` (those of an empty store if there are none yet).
@@ -63,20 +77,36 @@ pub(crate) fn load_sys<R: Rows + ?Sized>(rows: &R) -> Result<Sys, MvccError> {
     }
 }
 
-/// The row range `[lo, hi)` holding the versions of the keys in an etcd key range, or `None`
-/// if the range is empty.
-fn version_bounds(key: &[u8], range_end: &[u8]) -> Result<Option<Row>, MvccError> {
-    if key.is_empty() && range_end.is_empty() {
-        return Err(MvccError::EmptyKey);
+/// Builds the key index from the version rows (on open): one scan in revision order.
+/// Checks the rows against the counters, so a store whose rows went missing is refused.
+pub(crate) fn rebuild_index<R: Rows + ?Sized>(rows: &R, sys: &Sys) -> Result<KeyIndex, MvccError> {
+    let mut index = KeyIndex::new(sys.compacted_revision);
+    let mut versions = 0u64;
+    let mut cursor = rev_key(Revision::default()).to_vec();
+    loop {
+        let batch = rows.scan(&cursor, REV_END, SCAN_BATCH_ROWS)?;
+        for (row_key, row) in &batch {
+            let rev = parse_rev_key(row_key)?;
+            let (key, tombstone) = version_key_of(row)?;
+            index.push(key, IndexedRev { rev, tombstone })?;
+            versions += 1;
+        }
+        match batch.last() {
+            Some((last, _)) if batch.len() == SCAN_BATCH_ROWS => {
+                cursor = last.clone();
+                cursor.push(0);
+            }
+            _ => break,
+        }
     }
-    let lo = version_prefix(key);
-    let hi = match range_end {
-        [] => prefix_end(&lo),
-        [0] => VERSION_END.to_vec(),
-        end if end <= key => return Ok(None),
-        end => version_prefix(end),
-    };
-    Ok(Some((lo, hi)))
+    let live = index.live_key_count();
+    if versions != sys.version_count || live != sys.key_count {
+        return Err(MvccError::Corrupt(format!(
+            "the counters promise {} keys in {} versions, the rows hold {live} in {versions}",
+            sys.key_count, sys.version_count
+        )));
+    }
+    Ok(index)
 }
 
 /// True if `k` is in the etcd key range `(key, range_end)`.
@@ -101,9 +131,14 @@ fn resolve_read_revision(requested: i64, current: i64, compacted: i64) -> Result
     Ok(requested)
 }
 
-fn to_kv(key: &[u8], mod_revision: i64, rec: VersionRecord) -> KeyValue {
+/// The bound below which a read at `read_rev` looks (everything at or below it).
+fn below_read(read_rev: i64) -> Revision {
+    Revision { main: read_rev.saturating_add(1), sub: 0 }
+}
+
+fn to_kv(rec: VersionRecord, mod_revision: i64) -> KeyValue {
     KeyValue {
-        key: Bytes::copy_from_slice(key),
+        key: rec.key,
         create_revision: rec.create_revision,
         mod_revision,
         version: rec.version,
@@ -112,153 +147,184 @@ fn to_kv(key: &[u8], mod_revision: i64, rec: VersionRecord) -> KeyValue {
     }
 }
 
-/// The version of the key with `prefix` that is live just below `below` (exclusive), if any.
-fn version_below<R: Rows + ?Sized>(
+/// The version of `key` at `rev`, which the key index says exists.
+fn load_version<R: Rows + ?Sized>(
     rows: &R,
-    prefix: &[u8],
-    below: Revision,
-    keys_only: bool,
-) -> Result<Option<(Revision, VersionRecord)>, MvccError> {
-    let hi = version_key_from_prefix(prefix, below);
-    match rows.last_in(prefix, &hi)? {
-        None => Ok(None),
-        Some((row_key, row)) => {
-            let (_, rev) = split_version_key(&row_key)?;
-            let rec = VersionRecord::decode(&row, keys_only)?;
-            Ok((!rec.tombstone).then_some((rev, rec)))
-        }
+    key: &Bytes,
+    rev: Revision,
+    skip_value: bool,
+) -> Result<VersionRecord, MvccError> {
+    let row = rows.get(&rev_key(rev))?.ok_or_else(|| {
+        MvccError::Corrupt(format!(
+            "the key index names version {}.{} of a key, but there is no such row",
+            rev.main, rev.sub
+        ))
+    })?;
+    VersionRecord::decode_known(&row, key, skip_value)
+}
+
+/// A reader's engine snapshot with its counters, and the index generation it was opened in.
+pub(crate) struct Snapshot<'i, R> {
+    /// The rows as of the snapshot.
+    pub rows: R,
+    /// The counters as of the snapshot.
+    pub sys: Sys,
+    index: &'i SharedIndex,
+    epoch: u64,
+}
+
+impl<R> Snapshot<'_, R> {
+    /// The index, if it can answer reads at `revision` for this snapshot; `None` means retry
+    /// on a fresh snapshot. The rule: the index must be the one the snapshot was opened with
+    /// (no restore since) and must not have applied a compaction above `revision` (it
+    /// would lack versions that reads at `revision` need). Anything else it may hold beyond
+    /// the snapshot is harmless: revisions above the snapshot are above every read revision,
+    /// and versions a just-committed compaction removed are never the answer at or above it.
+    fn index_at(&self, revision: i64) -> Option<RwLockReadGuard<'_, KeyIndex>> {
+        let index = self.index.read();
+        (index.epoch() == self.epoch && index.compacted() <= revision).then_some(index)
     }
 }
 
-/// Calls `emit(prefix, revision, row)` once per key in `[lo, hi)` with its latest version at
-/// or below `read_rev` (tombstones included; keys with no such version are skipped), in key
-/// order, until `emit` returns `false`.
-fn scan_latest<R: Rows + ?Sized>(
-    rows: &R,
-    lo: &[u8],
-    hi: &[u8],
-    read_rev: i64,
-    emit: &mut EmitFn<'_>,
-) -> Result<(), MvccError> {
-    // The key being walked, its best version so far and how many of its versions were walked.
-    let mut cur_prefix: Vec<u8> = Vec::new();
-    let mut best: Option<(Revision, Vec<u8>)> = None;
-    let mut walked = 0usize;
-    let mut cursor = lo.to_vec();
+/// Runs `read` on a fresh snapshot (`open`) until it gets an answer: `read` returns `None`
+/// when [`Snapshot::index_at`] refuses (a compaction or restore committed after the snapshot
+/// was opened); the next snapshot then sees that commit too, so the loop ends as soon as no
+/// new one slips in between. Readers never wait for a write transaction: they take the
+/// index's read lock only for the time of a lookup.
+pub(crate) fn read_consistent<R, T>(
+    index: &SharedIndex,
+    mut open: impl FnMut() -> Result<(R, Sys), MvccError>,
+    mut read: impl FnMut(Snapshot<'_, R>) -> Result<Option<T>, MvccError>,
+) -> Result<T, MvccError> {
     loop {
-        let batch = rows.scan(&cursor, hi, SCAN_BATCH_ROWS)?;
-        let full = batch.len() == SCAN_BATCH_ROWS;
-        let Some((last_key, _)) = batch.last() else {
-            break;
-        };
-        // Where the next batch starts: right after the last row, or past a key whose
-        // remaining versions cannot matter.
-        let mut next = last_key.clone();
-        next.push(0);
-        let mut past_read_rev = false;
-        for (row_key, row) in batch {
-            let (prefix, rev) = split_version_key(&row_key)?;
-            if prefix != cur_prefix.as_slice() {
-                if let Some((best_rev, best_row)) = best.take()
-                    && !emit(&cur_prefix, best_rev, &best_row)?
-                {
-                    return Ok(());
-                }
-                cur_prefix.clear();
-                cur_prefix.extend_from_slice(prefix);
-                walked = 0;
-            }
-            past_read_rev = rev.main > read_rev;
-            if !past_read_rev {
-                best = Some((rev, row));
-                walked += 1;
-            }
+        // The epoch is read before the snapshot opens: a restore committing in between makes
+        // the check fail and the read retry, never pairs old rows with a new index.
+        let epoch = index.epoch();
+        let (rows, sys) = open()?;
+        if let Some(answer) = read(Snapshot { rows, sys, index, epoch })? {
+            return Ok(answer);
         }
-        if !full {
-            break;
-        }
-        if past_read_rev {
-            // Every later version of this key is newer still: skip straight past the key.
-            next = prefix_end(&cur_prefix);
-        } else if walked >= DEEP_HISTORY_VERSIONS {
-            let below = Revision { main: read_rev.saturating_add(1), sub: 0 };
-            let hi_key = version_key_from_prefix(&cur_prefix, below);
-            if let Some((row_key, row)) = rows.last_in(&cur_prefix, &hi_key)? {
-                let (_, rev) = split_version_key(&row_key)?;
-                best = Some((rev, row));
-            }
-            next = prefix_end(&cur_prefix);
-        }
-        cursor = next;
     }
-    if let Some((best_rev, best_row)) = best.take() {
-        emit(&cur_prefix, best_rev, &best_row)?;
-    }
-    Ok(())
 }
 
-/// A range read over `rows` whose current revision is `current`.
-pub(crate) fn range<R: Rows + ?Sized>(
-    rows: &R,
-    current: i64,
-    compacted: i64,
+/// The keys a range read picked under the index lock: (key, revision) of the live versions
+/// to fetch, the count, and whether the limit cut the result.
+struct Picked {
+    kvs: Vec<(Bytes, Revision)>,
+    count: u64,
+    more: bool,
+}
+
+/// Finds the latest version at or below `read_rev` of every key in the range (the
+/// transaction's own revisions included with `overlay`), honouring limit and count.
+fn pick_latest(
+    index: &KeyIndex,
+    overlay: Option<&Overlay>,
+    read_rev: i64,
     key: &[u8],
     range_end: &[u8],
     opts: &RangeOptions,
-) -> Result<RangeResult, MvccError> {
-    let read_rev = resolve_read_revision(opts.revision, current, compacted)?;
-    let mut res = RangeResult { revision: current, ..RangeResult::default() };
-    let Some((lo, hi)) = version_bounds(key, range_end)? else {
-        return Ok(res);
+) -> Result<Picked, MvccError> {
+    let mut picked = Picked { kvs: Vec::new(), count: 0, more: false };
+    let Some(bounds) = key_bounds(key, range_end) else {
+        return Ok(picked);
     };
-    let skip_values = opts.keys_only || opts.count_only;
+    let below = below_read(read_rev);
     if range_end.is_empty() {
-        // One key: one backward seek to its latest version at `read_rev`, however long its
-        // history (a forward walk would read every version of the key).
-        let below = Revision { main: read_rev.saturating_add(1), sub: 0 };
-        if let Some((rev, rec)) = version_below(rows, &lo, below, skip_values)? {
-            res.count = 1;
+        // One key: a map lookup, not a range walk.
+        let added = overlay.map_or(&[][..], |o| o.added(key));
+        let (stored, base) = index.entry(key).map_or((None, &[][..]), |(k, b)| (Some(k), b));
+        if let Some(latest) = latest_of(base, added, below)
+            && !latest.tombstone
+        {
+            picked.count = 1;
             if !opts.count_only {
-                res.kvs.push(to_kv(key, rev.main, rec));
+                // The index's copy of the key is shared, not copied.
+                let k = stored.cloned().unwrap_or_else(|| Bytes::copy_from_slice(key));
+                picked.kvs.push((k, latest.rev));
             }
         }
-        return Ok(res);
+        return Ok(picked);
     }
-    scan_latest(rows, &lo, &hi, read_rev, &mut |prefix, rev, row| {
-        let rec = VersionRecord::decode(row, skip_values)?;
-        if rec.tombstone {
-            return Ok(true);
-        }
-        res.count += 1;
-        if opts.count_only {
-            return Ok(true);
-        }
-        if opts.limit == 0 || (res.kvs.len() as u64) < opts.limit {
-            let user_key = user_key_of_prefix(prefix)?;
-            res.kvs.push(to_kv(&user_key, rev.main, rec));
-        } else {
-            res.more = true;
+    index.walk(overlay, bounds, &mut |k, base, added| {
+        match latest_of(base, added, below) {
+            Some(latest) if !latest.tombstone => {
+                picked.count += 1;
+                if opts.count_only {
+                    return Ok(true);
+                }
+                if opts.limit == 0 || (picked.kvs.len() as u64) < opts.limit {
+                    picked.kvs.push((k.clone(), latest.rev));
+                } else {
+                    picked.more = true;
+                }
+            }
+            _ => {}
         }
         Ok(true)
     })?;
+    Ok(picked)
+}
+
+/// Fetches the picked versions from `rows` into a result at `current`.
+fn fetch<R: Rows + ?Sized>(
+    rows: &R,
+    picked: Picked,
+    current: i64,
+    opts: &RangeOptions,
+) -> Result<RangeResult, MvccError> {
+    let skip_values = opts.keys_only || opts.count_only;
+    let mut res = RangeResult {
+        kvs: Vec::with_capacity(picked.kvs.len()),
+        count: picked.count,
+        more: picked.more,
+        revision: current,
+    };
+    for (key, rev) in picked.kvs {
+        res.kvs.push(to_kv(load_version(rows, &key, rev, skip_values)?, rev.main));
+    }
     Ok(res)
 }
 
-/// Changes from `start` on (see `MvccStore::events_since`).
-pub(crate) fn events_since<R: Rows + ?Sized>(
-    rows: &R,
-    sys: &Sys,
+/// A range read on a reader's snapshot; `None`: retry (see [`read_consistent`]).
+pub(crate) fn range<R: Rows>(
+    snap: &Snapshot<'_, R>,
+    key: &[u8],
+    range_end: &[u8],
+    opts: &RangeOptions,
+) -> Result<Option<RangeResult>, MvccError> {
+    if key.is_empty() && range_end.is_empty() {
+        return Err(MvccError::EmptyKey);
+    }
+    let (current, compacted) = (snap.sys.current_revision, snap.sys.compacted_revision);
+    let read_rev = resolve_read_revision(opts.revision, current, compacted)?;
+    let picked = {
+        let Some(index) = snap.index_at(read_rev) else {
+            return Ok(None);
+        };
+        pick_latest(&index, None, read_rev, key, range_end, opts)?
+    };
+    fetch(&snap.rows, picked, current, opts).map(Some)
+}
+
+/// Changes from `start` on (see `MvccStore::events_since`); `None`: retry.
+pub(crate) fn events_since<R: Rows>(
+    snap: &Snapshot<'_, R>,
     start: i64,
     key: &[u8],
     range_end: &[u8],
     limit: usize,
-) -> Result<EventBatch, MvccError> {
+) -> Result<Option<EventBatch>, MvccError> {
+    let sys = &snap.sys;
     if key.is_empty() && range_end.is_empty() {
         return Err(MvccError::EmptyKey);
     }
     if start <= 0 {
         // etcd's "watch from now": nothing in the past, resume after the current revision.
-        return Ok(EventBatch { events: Vec::new(), next_revision: sys.current_revision + 1 });
+        return Ok(Some(EventBatch {
+            events: Vec::new(),
+            next_revision: sys.current_revision + 1,
+        }));
     }
     if start < sys.compacted_revision {
         return Err(MvccError::Compacted { requested: start, compacted: sys.compacted_revision });
@@ -266,44 +332,54 @@ pub(crate) fn events_since<R: Rows + ?Sized>(
     let mut batch = EventBatch { events: Vec::new(), next_revision: sys.current_revision + 1 };
     if start > sys.current_revision {
         batch.next_revision = start;
-        return Ok(batch);
+        return Ok(Some(batch));
     }
-    let mut cursor = rev_key(Revision { main: start, sub: 0 });
+    let mut cursor = rev_key(Revision { main: start, sub: 0 }).to_vec();
     let mut last_main = 0;
     loop {
-        let index_rows = rows.scan(&cursor, REV_END, SCAN_BATCH_ROWS)?;
-        let full = index_rows.len() == SCAN_BATCH_ROWS;
-        for (index_key, user_key) in &index_rows {
-            let rev = parse_rev_key(index_key)?;
-            if limit > 0 && batch.events.len() >= limit && rev.main != last_main {
-                batch.next_revision = rev.main;
-                return Ok(batch);
+        let rows = snap.rows.scan(&cursor, REV_END, SCAN_BATCH_ROWS)?;
+        let full = rows.len() == SCAN_BATCH_ROWS;
+        let mut changes: Vec<(Revision, VersionRecord)> = Vec::new();
+        let mut stop_at = None;
+        for (row_key, row) in &rows {
+            let rev = parse_rev_key(row_key)?;
+            if limit > 0 && batch.events.len() + changes.len() >= limit && rev.main != last_main {
+                stop_at = Some(rev.main);
+                break;
             }
             last_main = rev.main;
-            if !in_key_range(user_key, key, range_end) {
-                continue;
+            if in_key_range(version_key_of(row)?.0, key, range_end) {
+                changes.push((rev, VersionRecord::decode(row, false)?));
             }
-            let prefix = version_prefix(user_key);
-            let row_key = version_key_from_prefix(&prefix, rev);
-            let row = rows.get(&row_key)?.ok_or_else(|| {
-                MvccError::Corrupt(format!("revision index names a missing version {rev:?}"))
-            })?;
-            let rec = VersionRecord::decode(&row, false)?;
-            let prev_kv = version_below(rows, &prefix, rev, false)?
-                .map(|(prev_rev, prev)| to_kv(user_key, prev_rev.main, prev));
+        }
+        // Each change's prev_kv is the key's version just below it. Every change is at or
+        // above `start`, so an index compacted at most to `start` has it.
+        let prevs: Vec<Option<IndexedRev>> = {
+            let Some(index) = snap.index_at(start) else {
+                return Ok(None);
+            };
+            changes.iter().map(|(rev, rec)| index.latest_below(&rec.key, *rev)).collect()
+        };
+        for ((rev, rec), prev) in changes.into_iter().zip(prevs) {
+            let prev_kv = match prev {
+                Some(p) if !p.tombstone => {
+                    Some(to_kv(load_version(&snap.rows, &rec.key, p.rev, false)?, p.rev.main))
+                }
+                _ => None,
+            };
             let (kind, kv) = if rec.tombstone {
-                let kv = KeyValue {
-                    key: Bytes::copy_from_slice(user_key),
-                    mod_revision: rev.main,
-                    ..KeyValue::default()
-                };
+                let kv = KeyValue { key: rec.key, mod_revision: rev.main, ..KeyValue::default() };
                 (EventKind::Delete, kv)
             } else {
-                (EventKind::Put, to_kv(user_key, rev.main, rec))
+                (EventKind::Put, to_kv(rec, rev.main))
             };
             batch.events.push(Event { kind, kv, prev_kv });
         }
-        match index_rows.last() {
+        if let Some(main) = stop_at {
+            batch.next_revision = main;
+            return Ok(Some(batch));
+        }
+        match rows.last() {
             Some((last, _)) if full => {
                 cursor = last.clone();
                 cursor.push(0);
@@ -311,7 +387,7 @@ pub(crate) fn events_since<R: Rows + ?Sized>(
             _ => break,
         }
     }
-    Ok(batch)
+    Ok(Some(batch))
 }
 
 /// A compaction a command asked for, carried out when the command is sealed: until then it
@@ -319,8 +395,6 @@ pub(crate) fn events_since<R: Rows + ?Sized>(
 /// compacted revision, and history below it answers nothing they may ask).
 #[derive(Clone, Copy, Debug)]
 struct PendingCompaction {
-    /// The compacted revision before this command's compaction (where the scan starts).
-    from: i64,
     /// The revision to compact at.
     until: i64,
 }
@@ -342,11 +416,13 @@ pub(crate) struct TxnState {
     /// Changes of the current command.
     events: Vec<Event>,
     /// Metadata rows the current command overwrote or removed, with what they held before
-    /// (oldest first). Version and index rows need no such record: every row the command
-    /// wrote carries its revision, so a rollback finds them through the revision index.
+    /// (oldest first). Version rows need no such record: every row the command wrote is
+    /// keyed by its revision, so a rollback finds them by one scan.
     meta_undo: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The current command's compaction, done at its seal.
     pending_compaction: Option<PendingCompaction>,
+    /// The transaction's changes to the key index, published at commit.
+    overlay: Overlay,
 }
 
 impl TxnState {
@@ -359,6 +435,7 @@ impl TxnState {
             events: Vec::new(),
             meta_undo: Vec::new(),
             pending_compaction: None,
+            overlay: Overlay::default(),
         }
     }
 
@@ -385,39 +462,56 @@ impl TxnState {
     }
 }
 
+/// The latest version of `key` as the transaction sees it (its own changes included).
+/// The transaction is the only writer, so the committed index does not move under it, and
+/// versions a compaction in it removed are never the latest (tombstones aside, which need
+/// no row).
+fn txn_latest(index: &SharedIndex, st: &TxnState, key: &[u8]) -> Option<IndexedRev> {
+    let below = Revision { main: i64::MAX, sub: u32::MAX };
+    let added = st.overlay.added(key);
+    match added.last() {
+        Some(last) => Some(*last),
+        None => index.read().latest_below(key, below),
+    }
+}
+
 fn write_version<W: RowsMut + ?Sized>(
     rows: &mut W,
     st: &mut TxnState,
-    prefix: &[u8],
-    key: &[u8],
     rev: Revision,
     rec: &VersionRecord,
 ) -> Result<(), MvccError> {
-    let row_key = version_key_from_prefix(prefix, rev);
+    let row_key = rev_key(rev);
     let row = rec.encode();
     rows.put(&row_key, &row)?;
-    let index_key = rev_key(rev);
-    rows.put(&index_key, key)?;
+    st.overlay.add(&rec.key, IndexedRev { rev, tombstone: rec.tombstone });
     st.sys.version_count += 1;
-    st.sys.approx_bytes +=
-        row_cost(row_key.len(), row.len()) + row_cost(index_key.len(), key.len());
+    st.sys.approx_bytes += row_cost(row_key.len(), row.len());
     Ok(())
 }
 
 /// A range read inside a transaction: sees its own changes.
 pub(crate) fn txn_range<R: Rows + ?Sized>(
     rows: &R,
+    index: &SharedIndex,
     st: &TxnState,
     key: &[u8],
     range_end: &[u8],
     opts: &RangeOptions,
 ) -> Result<RangeResult, MvccError> {
-    range(rows, st.visible_revision(), st.sys.compacted_revision, key, range_end, opts)
+    if key.is_empty() && range_end.is_empty() {
+        return Err(MvccError::EmptyKey);
+    }
+    let current = st.visible_revision();
+    let read_rev = resolve_read_revision(opts.revision, current, st.sys.compacted_revision)?;
+    let picked = pick_latest(&index.read(), Some(&st.overlay), read_rev, key, range_end, opts)?;
+    fetch(rows, picked, current, opts)
 }
 
 /// Puts `value` under `key`.
 pub(crate) fn put<W: RowsMut + ?Sized>(
     rows: &mut W,
+    index: &SharedIndex,
     st: &mut TxnState,
     key: &[u8],
     value: &[u8],
@@ -426,51 +520,57 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
     if key.is_empty() {
         return Err(MvccError::EmptyKey);
     }
-    let prefix = version_prefix(key);
-    let latest = Revision { main: i64::MAX, sub: u32::MAX };
-    let prev = version_below(rows, &prefix, latest, false)?.map(|(r, rec)| to_kv(key, r.main, rec));
+    let key = Bytes::copy_from_slice(key);
+    let prev = match txn_latest(index, st, &key) {
+        Some(p) if !p.tombstone => {
+            Some(to_kv(load_version(&*rows, &key, p.rev, false)?, p.rev.main))
+        }
+        _ => None,
+    };
     let rev = st.next_revision()?;
     let rec = VersionRecord {
+        key,
         tombstone: false,
         create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
         version: prev.as_ref().map_or(1, |p| p.version + 1),
         lease,
         value: Bytes::copy_from_slice(value),
     };
-    write_version(rows, st, &prefix, key, rev, &rec)?;
+    write_version(rows, st, rev, &rec)?;
     if prev.is_none() {
         st.sys.key_count += 1;
     }
-    st.events.push(Event {
-        kind: EventKind::Put,
-        kv: to_kv(key, rev.main, rec),
-        prev_kv: prev.clone(),
-    });
+    st.events.push(Event { kind: EventKind::Put, kv: to_kv(rec, rev.main), prev_kv: prev.clone() });
     Ok(prev)
 }
 
 /// Deletes every live key in the range.
 pub(crate) fn delete_range<W: RowsMut + ?Sized>(
     rows: &mut W,
+    index: &SharedIndex,
     st: &mut TxnState,
     key: &[u8],
     range_end: &[u8],
 ) -> Result<Vec<KeyValue>, MvccError> {
-    let Some((lo, hi)) = version_bounds(key, range_end)? else {
-        return Ok(Vec::new());
-    };
-    let mut live = Vec::new();
-    scan_latest(&*rows, &lo, &hi, i64::MAX, &mut |prefix, rev, row| {
-        let rec = VersionRecord::decode(row, false)?;
-        if !rec.tombstone {
-            live.push(to_kv(&user_key_of_prefix(prefix)?, rev.main, rec));
-        }
-        Ok(true)
-    })?;
+    if key.is_empty() && range_end.is_empty() {
+        return Err(MvccError::EmptyKey);
+    }
+    let read_rev = i64::MAX - 1;
+    let picked = pick_latest(
+        &index.read(),
+        Some(&st.overlay),
+        read_rev,
+        key,
+        range_end,
+        &RangeOptions::default(),
+    )?;
+    let mut live = Vec::with_capacity(picked.kvs.len());
+    for (k, rev) in picked.kvs {
+        live.push(to_kv(load_version(&*rows, &k, rev, false)?, rev.main));
+    }
     for kv in &live {
         let rev = st.next_revision()?;
-        let prefix = version_prefix(&kv.key);
-        write_version(rows, st, &prefix, &kv.key, rev, &VersionRecord::tombstone())?;
+        write_version(rows, st, rev, &VersionRecord::tombstone(kv.key.clone()))?;
         st.sys.key_count = st.sys.key_count.saturating_sub(1);
         st.events.push(Event {
             kind: EventKind::Delete,
@@ -538,76 +638,64 @@ pub(crate) fn compact(st: &mut TxnState, revision: i64) -> Result<(), MvccError>
             current: st.sys.current_revision,
         });
     }
-    let from = match st.pending_compaction {
-        // A second compaction in one command: one pass from the first one's start covers both.
-        Some(pending) => pending.from,
-        None => st.sys.compacted_revision,
-    };
-    st.pending_compaction = Some(PendingCompaction { from, until: revision });
+    st.pending_compaction = Some(PendingCompaction { until: revision });
     st.sys.compacted_revision = revision;
     Ok(())
 }
 
-/// Removes the rows a compaction at `p.until` drops.
+/// The revisions of one key a compaction at `until` drops, given its committed revisions
+/// and those the transaction added: every one below `until` but the latest, which stays
+/// unless it is a tombstone.
+fn compaction_drops(base: &[IndexedRev], added: &[IndexedRev], until: i64) -> Vec<Revision> {
+    let nb = base.partition_point(|r| r.rev.main < until);
+    let na = added.partition_point(|r| r.rev.main < until);
+    let last = match na.checked_sub(1) {
+        Some(i) => added.get(i),
+        None => nb.checked_sub(1).and_then(|i| base.get(i)),
+    };
+    let drop = match last {
+        None => 0,
+        Some(last) if last.tombstone => nb + na,
+        Some(_) => nb + na - 1,
+    };
+    base[..nb].iter().chain(&added[..na]).take(drop).map(|r| r.rev).collect()
+}
+
+/// Removes the rows a compaction at `p.until` drops, found by one walk of the key index
+/// (like etcd's treeIndex compaction: every key is looked at, a binary search each). The
+/// index itself changes only after the commit.
 fn compact_rows<W: RowsMut + ?Sized>(
     rows: &mut W,
+    index: &SharedIndex,
     st: &mut TxnState,
     p: PendingCompaction,
 ) -> Result<(), MvccError> {
-    // Versions below the previous compaction are already one per key; only keys changed
-    // since then can have versions to drop.
-    let from = Revision { main: p.from.max(1), sub: 0 };
-    let until = Revision { main: p.until, sub: 0 };
-    let until_key = rev_key(until);
-    let mut touched: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut cursor = rev_key(from);
-    loop {
-        let index_rows = rows.scan(&cursor, &until_key, SCAN_BATCH_ROWS)?;
-        for (_, user_key) in &index_rows {
-            touched.insert(user_key.clone());
-        }
-        match index_rows.last() {
-            Some((last, _)) if index_rows.len() == SCAN_BATCH_ROWS => {
-                cursor = last.clone();
-                cursor.push(0);
+    let mut drops: Vec<(Bytes, Vec<Revision>)> = Vec::new();
+    index.read().walk(
+        Some(&st.overlay),
+        (Bound::Unbounded, Bound::Unbounded),
+        &mut |key, base, added| {
+            let revs = compaction_drops(base, added, p.until);
+            if !revs.is_empty() {
+                drops.push((key.clone(), revs));
             }
-            _ => break,
+            Ok(true)
+        },
+    )?;
+    let mut keys = BTreeSet::new();
+    for (key, revs) in drops {
+        for rev in revs {
+            // An earlier compaction in this transaction may have removed the row already
+            // (the committed index still lists it until commit): count each row once.
+            if let Some(len) = rows.remove(&rev_key(rev))? {
+                st.sys.version_count = st.sys.version_count.saturating_sub(1);
+                let cost = row_cost(1 + codec::REV_BYTES, len);
+                st.sys.approx_bytes = st.sys.approx_bytes.saturating_sub(cost);
+            }
         }
+        keys.insert(key);
     }
-    for user_key in &touched {
-        let prefix = version_prefix(user_key);
-        let hi = version_key_from_prefix(&prefix, until);
-        let mut below: Vec<Row> = Vec::new();
-        let mut cursor = prefix.clone();
-        loop {
-            let batch = rows.scan(&cursor, &hi, SCAN_BATCH_ROWS)?;
-            let full = batch.len() == SCAN_BATCH_ROWS;
-            if let Some((last, _)) = batch.last() {
-                cursor = last.clone();
-                cursor.push(0);
-            }
-            below.extend(batch);
-            if !full {
-                break;
-            }
-        }
-        // Keep the last version below `revision` unless it is a tombstone.
-        if let Some((_, last_row)) = below.last()
-            && !VersionRecord::decode(last_row, true)?.tombstone
-        {
-            below.pop();
-        }
-        for (row_key, row) in &below {
-            let (_, rev) = split_version_key(row_key)?;
-            let index_key = rev_key(rev);
-            rows.remove(row_key)?;
-            rows.remove(&index_key)?;
-            st.sys.version_count = st.sys.version_count.saturating_sub(1);
-            let cost =
-                row_cost(row_key.len(), row.len()) + row_cost(index_key.len(), user_key.len());
-            st.sys.approx_bytes = st.sys.approx_bytes.saturating_sub(cost);
-        }
-    }
+    st.overlay.record_compaction(keys, p.until);
     Ok(())
 }
 
@@ -615,47 +703,50 @@ fn compact_rows<W: RowsMut + ?Sized>(
 /// revision on. Returns the command's revision (the store's revision after it) and events.
 pub(crate) fn seal<W: RowsMut + ?Sized>(
     rows: &mut W,
+    index: &SharedIndex,
     st: &mut TxnState,
 ) -> Result<SealResult, MvccError> {
     if let Some(pending) = st.pending_compaction.take() {
-        compact_rows(rows, st, pending)?;
+        compact_rows(rows, index, st, pending)?;
     }
     if !st.events.is_empty() {
         st.sys.current_revision += 1;
     }
     st.next_sub = 0;
     st.meta_undo.clear();
+    st.overlay.seal();
     st.sealed_sys = st.sys;
     Ok(SealResult { revision: st.sys.current_revision, events: std::mem::take(&mut st.events) })
 }
 
-/// Undoes every change of the current command: its versions and revision-index rows, its
+/// Undoes every change of the current command: its version rows and index entries, its
 /// metadata changes, its compaction and its counters.
 pub(crate) fn rollback_to_seal<W: RowsMut + ?Sized>(
     rows: &mut W,
     st: &mut TxnState,
 ) -> Result<(), MvccError> {
     if st.next_sub > 0 {
-        // Every row the command wrote is named by a revision-index row at its revision.
+        // Every version the command wrote is keyed by a revision of the command.
         let lo = rev_key(Revision { main: st.revision(), sub: 0 });
         let hi = rev_key(Revision { main: st.revision().saturating_add(1), sub: 0 });
         loop {
-            let index_rows = rows.scan(&lo, &hi, SCAN_BATCH_ROWS)?;
-            if index_rows.is_empty() {
+            let batch = rows.scan(&lo, &hi, SCAN_BATCH_ROWS)?;
+            if batch.is_empty() {
                 break;
             }
-            for (index_key, user_key) in &index_rows {
-                let rev = parse_rev_key(index_key)?;
-                rows.remove(&version_key_from_prefix(&version_prefix(user_key), rev))?;
-                rows.remove(index_key)?;
+            for (row_key, _) in &batch {
+                rows.remove(row_key)?;
             }
         }
+        st.overlay.rollback(st.revision());
     }
     // Newest first, so a row changed twice ends with what it held before the command.
     for (key, old) in std::mem::take(&mut st.meta_undo).into_iter().rev() {
         match old {
             Some(value) => rows.put(&key, &value)?,
-            None => rows.remove(&key)?,
+            None => {
+                rows.remove(&key)?;
+            }
         }
     }
     st.sys = st.sealed_sys;
@@ -665,24 +756,65 @@ pub(crate) fn rollback_to_seal<W: RowsMut + ?Sized>(
     Ok(())
 }
 
-/// Writes the counters and returns the outcome; the caller commits the engine transaction.
-/// The changes after the last seal are sealed as one more command.
+/// What [`commit`] hands back to the backend, which commits the engine transaction with
+/// [`publish`].
+pub(crate) struct Committed {
+    /// The outcome for the caller.
+    pub result: CommitResult,
+    /// The counters written.
+    pub sys: Sys,
+    /// The index changes to publish around the engine commit.
+    pub overlay: Overlay,
+}
+
+/// Writes the counters and returns the outcome; the caller commits the engine transaction
+/// through [`publish`]. The changes after the last seal are sealed as one more command.
 pub(crate) fn commit<W: RowsMut + ?Sized>(
     rows: &mut W,
+    index: &SharedIndex,
     mut st: TxnState,
     applied_index: LogIndex,
-) -> Result<(CommitResult, Sys), MvccError> {
+) -> Result<Committed, MvccError> {
     if applied_index < st.sys.applied_index {
         return Err(MvccError::AppliedIndexRegression {
             current: st.sys.applied_index,
             given: applied_index,
         });
     }
-    let last = seal(rows, &mut st)?;
+    let last = seal(rows, index, &mut st)?;
     let mut sys = st.sys;
     sys.applied_index = applied_index;
     rows.put(SYS_KEY, &sys.encode())?;
-    Ok((CommitResult { revision: last.revision, events: last.events }, sys))
+    Ok(Committed {
+        result: CommitResult { revision: last.revision, events: last.events },
+        sys,
+        overlay: st.overlay,
+    })
+}
+
+/// Runs the engine commit `engine_commit` with the index changes around it: the new
+/// revisions go into the index before it (readers cannot see them until the commit, their
+/// snapshots are older), and out again if it fails; a compaction's removals are applied only
+/// after it succeeded (until then readers may still need them). The caller must still be the
+/// only writer until this returns.
+pub(crate) fn publish(
+    index: &SharedIndex,
+    overlay: &Overlay,
+    engine_commit: impl FnOnce() -> Result<(), MvccError>,
+) -> Result<(), MvccError> {
+    if !overlay.is_empty() {
+        index.write().append(overlay);
+    }
+    if let Err(e) = engine_commit() {
+        if !overlay.is_empty() {
+            index.write().unappend(overlay);
+        }
+        return Err(e);
+    }
+    if let Some((keys, revision)) = overlay.compaction() {
+        index.write().compact(keys, revision);
+    }
+    Ok(())
 }
 
 /// The image header of a store with counters `sys`.
@@ -696,63 +828,113 @@ pub(crate) fn image_info(sys: &Sys) -> ImageInfo {
     }
 }
 
-/// Which rows a [`RowImage`] reads next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ImagePhase {
-    Meta,
-    Versions,
-    Done,
-}
-
-/// A point-in-time image read from a frozen view of the rows.
+/// A point-in-time image read from a frozen view of the rows: the metadata rows by a scan,
+/// then the versions by point lookups in the (key, revision) order copied from the key index
+/// when the image was taken.
 pub(crate) struct RowImage<R: Rows> {
     rows: R,
     info: ImageInfo,
-    phase: ImagePhase,
-    cursor: Vec<u8>,
-    /// Rows read but not yet handed out.
-    pending: VecDeque<Row>,
+    /// Where the metadata scan goes on; `None` once it is done.
+    meta_cursor: Option<Vec<u8>>,
+    /// Versions still to read, in image order.
+    versions: std::vec::IntoIter<(Bytes, Revision)>,
+    /// Records read but not yet handed out.
+    pending: VecDeque<ImageRecord>,
+}
+
+/// Takes a point-in-time image: opens a snapshot and copies the versions it holds, in key
+/// order, out of the index under its read lock (see [`read_consistent`]; the index must not
+/// be compacted past the snapshot, which would leave versions out).
+pub(crate) fn image<R: Rows>(
+    index: &SharedIndex,
+    open: impl FnMut() -> Result<(R, Sys), MvccError>,
+) -> Result<RowImage<R>, MvccError> {
+    read_consistent(index, open, |snap| {
+        let versions = {
+            let Some(index) = snap.index_at(snap.sys.compacted_revision) else {
+                return Ok(None);
+            };
+            index.versions_up_to(snap.sys.current_revision)
+        };
+        Ok(Some(RowImage {
+            info: image_info(&snap.sys),
+            rows: snap.rows,
+            meta_cursor: Some(vec![codec::META_PREFIX]),
+            versions: versions.into_iter(),
+            pending: VecDeque::new(),
+        }))
+    })
 }
 
 impl<R: Rows> RowImage<R> {
-    /// An image of `rows`, a view that no longer changes, whose counters are `sys`.
-    pub(crate) fn new(rows: R, sys: &Sys) -> Self {
-        Self {
-            rows,
-            info: image_info(sys),
-            phase: ImagePhase::Meta,
-            cursor: vec![codec::META_PREFIX],
-            pending: VecDeque::new(),
+    /// Reads the next records into `pending`, if any remain.
+    fn refill(&mut self) -> Result<(), MvccError> {
+        while self.pending.is_empty() {
+            if let Some(cursor) = &self.meta_cursor {
+                let batch = self.rows.scan(cursor, codec::META_END, SCAN_BATCH_ROWS)?;
+                self.meta_cursor = match batch.last() {
+                    Some((last, _)) if batch.len() == SCAN_BATCH_ROWS => {
+                        let mut next = last.clone();
+                        next.push(0);
+                        Some(next)
+                    }
+                    _ => None,
+                };
+                for (row_key, row) in batch {
+                    self.pending.push_back(ImageRecord::Meta {
+                        name: Bytes::copy_from_slice(meta_name(&row_key)?),
+                        value: Bytes::from(row),
+                    });
+                }
+                continue;
+            }
+            let Some((key, revision)) = self.versions.next() else {
+                return Ok(());
+            };
+            let Some(row) = self.rows.get(&rev_key(revision))? else {
+                // A compaction committed in the snapshot, its removals not yet applied to
+                // the index when the image copied it: the version is not in the image.
+                if revision.main < self.info.compacted_revision {
+                    continue;
+                }
+                return Err(MvccError::Corrupt(format!(
+                    "the key index names version {}.{} of a key, but there is no such row",
+                    revision.main, revision.sub
+                )));
+            };
+            let rec = VersionRecord::decode(&row, false)?;
+            if rec.key != key {
+                return Err(MvccError::Corrupt(format!(
+                    "the row of version {}.{} holds another key than the key index says",
+                    revision.main, revision.sub
+                )));
+            }
+            self.pending.push_back(ImageRecord::Version {
+                key: rec.key,
+                revision,
+                tombstone: rec.tombstone,
+                create_revision: rec.create_revision,
+                version: rec.version,
+                lease: rec.lease,
+                value: rec.value,
+            });
         }
+        Ok(())
     }
 }
 
-impl<R: Rows> RowImage<R> {
-    /// Reads the next batch of rows into `pending`, moving through the phases.
-    fn refill(&mut self) -> Result<(), MvccError> {
-        while self.pending.is_empty() {
-            let hi = match self.phase {
-                ImagePhase::Meta => codec::META_END,
-                ImagePhase::Versions => VERSION_END,
-                ImagePhase::Done => return Ok(()),
-            };
-            let batch = self.rows.scan(&self.cursor, hi, SCAN_BATCH_ROWS)?;
-            if let Some((last, _)) = batch.last() {
-                self.cursor = last.clone();
-                self.cursor.push(0);
-            }
-            if batch.len() < SCAN_BATCH_ROWS {
-                self.phase = match self.phase {
-                    ImagePhase::Meta => {
-                        self.cursor = vec![codec::VERSION_PREFIX];
-                        ImagePhase::Versions
-                    }
-                    _ => ImagePhase::Done,
-                };
-            }
-            self.pending.extend(batch);
+/// What a record counts against `next_records`' byte budget: the size of the row(s) it was
+/// in layout 1 (escaped key + revision as row key; flags, three counters and value as row
+/// value). Kept so that snapshot chunk boundaries, and so a snapshot's bytes, are the same
+/// whatever the row layout (the snapshot format fixture checks them byte for byte).
+fn record_budget_bytes(record: &ImageRecord) -> usize {
+    match record {
+        ImageRecord::Meta { name, value } => 1 + name.len() + value.len(),
+        ImageRecord::Version { key, tombstone, value, .. } => {
+            let escaped = key.len() + key.iter().filter(|&&b| b == 0).count() + 2;
+            let row = if *tombstone { 1 } else { 25 + value.len() };
+            1 + escaped + codec::REV_BYTES + row
         }
-        Ok(())
     }
 }
 
@@ -769,35 +951,15 @@ impl<R: Rows> ImageSource for RowImage<R> {
         let mut bytes = 0usize;
         while bytes < bytes_max.max(1) {
             self.refill()?;
-            let Some((row_key, row)) = self.pending.pop_front() else {
+            let Some(record) = self.pending.pop_front() else {
                 break;
             };
-            bytes += row_key.len() + row.len();
-            out.push(row_to_record(&row_key, row)?);
+            bytes += record_budget_bytes(&record);
+            out.push(record);
         }
         self.refill()?;
         Ok(!self.pending.is_empty())
     }
-}
-
-fn row_to_record(row_key: &[u8], row: Vec<u8>) -> Result<ImageRecord, MvccError> {
-    if row_key.first() == Some(&codec::META_PREFIX) {
-        return Ok(ImageRecord::Meta {
-            name: Bytes::copy_from_slice(meta_name(row_key)?),
-            value: Bytes::from(row),
-        });
-    }
-    let (prefix, revision) = split_version_key(row_key)?;
-    let rec = VersionRecord::decode(&row, false)?;
-    Ok(ImageRecord::Version {
-        key: Bytes::from(user_key_of_prefix(prefix)?),
-        revision,
-        tombstone: rec.tombstone,
-        create_revision: rec.create_revision,
-        version: rec.version,
-        lease: rec.lease,
-        value: rec.value,
-    })
 }
 
 fn invalid(reason: impl Into<String>) -> MvccError {
@@ -805,11 +967,11 @@ fn invalid(reason: impl Into<String>) -> MvccError {
 }
 
 /// Fills `rows`, which must be empty, from `source`, checking that the image is consistent.
-/// Returns the counters it wrote.
+/// Returns the counters it wrote and the key index of the new contents.
 pub(crate) fn restore_rows<W: RowsMut + ?Sized>(
     rows: &mut W,
     source: &mut dyn ImageSource,
-) -> Result<Sys, MvccError> {
+) -> Result<(Sys, KeyIndex), MvccError> {
     let info = source.info();
     if info.revision < 1 || info.compacted_revision < 0 || info.compacted_revision > info.revision {
         return Err(invalid(format!(
@@ -823,17 +985,16 @@ pub(crate) fn restore_rows<W: RowsMut + ?Sized>(
         applied_index: info.applied_index,
         ..Sys::default()
     };
+    let mut index = KeyIndex::new(info.compacted_revision);
     let mut last_meta: Option<Bytes> = None;
-    let mut last_row: Option<Vec<u8>> = None;
-    let mut cur_prefix: Vec<u8> = Vec::new();
-    let mut cur_live = false;
+    let mut last_version: Option<(Bytes, Revision)> = None;
     let mut batch = Vec::new();
     loop {
         let more = source.next_records(1 << 20, &mut batch)?;
         for record in batch.drain(..) {
             match record {
                 ImageRecord::Meta { name, value } => {
-                    if last_row.is_some() {
+                    if last_version.is_some() {
                         return Err(invalid("a metadata record follows the versions"));
                     }
                     if last_meta.as_ref().is_some_and(|last| *last >= name) {
@@ -871,35 +1032,39 @@ pub(crate) fn restore_rows<W: RowsMut + ?Sized>(
                             revision.main
                         )));
                     }
-                    let prefix = version_prefix(&key);
-                    let row_key = version_key_from_prefix(&prefix, revision);
-                    if last_row.as_ref().is_some_and(|last| *last >= row_key) {
+                    if last_version
+                        .as_ref()
+                        .is_some_and(|(k, r)| (k.as_ref(), *r) >= (key.as_ref(), revision))
+                    {
                         return Err(invalid("version records are out of order"));
                     }
-                    let index_key = rev_key(revision);
-                    if rows.get(&index_key)?.is_some() {
+                    let row_key = rev_key(revision);
+                    if rows.get(&row_key)?.is_some() {
                         return Err(invalid(format!(
                             "two versions share revision {}.{}",
                             revision.main, revision.sub
                         )));
                     }
-                    if prefix != cur_prefix {
-                        sys.key_count += u64::from(cur_live);
-                        cur_prefix = prefix;
-                    }
-                    cur_live = !tombstone;
                     let rec = if tombstone {
-                        VersionRecord::tombstone()
+                        VersionRecord::tombstone(key.clone())
                     } else {
-                        VersionRecord { tombstone, create_revision, version, lease, value }
+                        VersionRecord {
+                            key: key.clone(),
+                            tombstone,
+                            create_revision,
+                            version,
+                            lease,
+                            value,
+                        }
                     };
                     let row = rec.encode();
                     rows.put(&row_key, &row)?;
-                    rows.put(&index_key, &key)?;
+                    index
+                        .push(&key, IndexedRev { rev: revision, tombstone })
+                        .map_err(|_| invalid("version records are out of order"))?;
                     sys.version_count += 1;
-                    sys.approx_bytes +=
-                        row_cost(row_key.len(), row.len()) + row_cost(index_key.len(), key.len());
-                    last_row = Some(row_key);
+                    sys.approx_bytes += row_cost(row_key.len(), row.len());
+                    last_version = Some((key, revision));
                 }
             }
         }
@@ -907,7 +1072,7 @@ pub(crate) fn restore_rows<W: RowsMut + ?Sized>(
             break;
         }
     }
-    sys.key_count += u64::from(cur_live);
+    sys.key_count = index.live_key_count();
     if sys.key_count != info.key_count || sys.version_count != info.version_count {
         return Err(invalid(format!(
             "the header promises {} keys in {} versions, the records hold {} in {}",
@@ -915,5 +1080,55 @@ pub(crate) fn restore_rows<W: RowsMut + ?Sized>(
         )));
     }
     rows.put(SYS_KEY, &sys.encode())?;
-    Ok(sys)
+    Ok((sys, index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(main: i64, sub: u32) -> IndexedRev {
+        IndexedRev { rev: Revision { main, sub }, tombstone: false }
+    }
+
+    fn all(index: &SharedIndex) -> Vec<(Bytes, Revision)> {
+        index.read().versions_up_to(i64::MAX)
+    }
+
+    /// New revisions are in the index while the engine commits (before readers can see the
+    /// commit), out again if it fails; a compaction applies only after a successful commit.
+    #[test]
+    fn a_failed_engine_commit_leaves_the_index_as_before() {
+        let mut base = KeyIndex::new(0);
+        for (key, r) in [(&b"a"[..], rev(2, 0)), (b"a", rev(3, 0)), (b"b", rev(3, 1))] {
+            base.push(key, r).expect("push");
+        }
+        let index = SharedIndex::new(base);
+        let before = all(&index);
+        let (a, c) = (Bytes::from_static(b"a"), Bytes::from_static(b"c"));
+        let mut overlay = Overlay::default();
+        overlay.add(&a, rev(4, 0));
+        overlay.add(&c, rev(4, 1));
+        overlay.record_compaction([a.clone()].into_iter().collect(), 4);
+        let failed = publish(&index, &overlay, || {
+            let top = Revision { main: i64::MAX, sub: 0 };
+            assert_eq!(index.read().latest_below(b"c", top), Some(rev(4, 1)));
+            Err(MvccError::Corrupt("injected engine failure".into()))
+        });
+        assert!(matches!(failed, Err(MvccError::Corrupt(_))));
+        assert_eq!(all(&index), before);
+        assert_eq!(index.read().compacted(), 0);
+        publish(&index, &overlay, || Ok(())).expect("publish");
+        let revision = |main, sub| Revision { main, sub };
+        assert_eq!(
+            all(&index),
+            vec![
+                (a.clone(), revision(3, 0)),
+                (a, revision(4, 0)),
+                (Bytes::from_static(b"b"), revision(3, 1)),
+                (c, revision(4, 1)),
+            ]
+        );
+        assert_eq!(index.read().compacted(), 4);
+    }
 }

@@ -4,6 +4,8 @@
 //! - Deterministic: a `BTreeMap`, no hashing, no clock, no threads.
 //! - A write transaction holds the store's write lock and changes the map in place, keeping
 //!   an undo log; dropping it without commit rolls the map back. Readers wait for it.
+//! - The key index sits beside the map (lock order: map, then index); it changes only at
+//!   commit, while the map's write lock is held, so readers here always see the two agree.
 //! - Images share the map (`Arc`): taking one costs nothing, and the next write transaction
 //!   copies the map once if the image is still alive (copy on write).
 
@@ -17,6 +19,7 @@ use quorumkv_core::LogIndex;
 
 use super::codec::Sys;
 use super::engine::{self, Row, RowImage, Rows, RowsMut, TxnState};
+use super::index::SharedIndex;
 use super::{
     CommitResult, EventBatch, ImageInfo, ImageRecord, ImageSource, KeyValue, MvccError, MvccStore,
     MvccTxn, RangeOptions, RangeResult, SealResult, StoreStats,
@@ -37,12 +40,6 @@ impl Rows for Map {
         Ok(BTreeMap::get(self, key).cloned())
     }
 
-    fn last_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Row>, MvccError> {
-        Ok(bounds(lo, hi).and_then(|b| {
-            self.range::<[u8], _>(b).next_back().map(|(k, v)| (k.clone(), v.clone()))
-        }))
-    }
-
     fn scan(&self, lo: &[u8], hi: &[u8], rows_max: usize) -> Result<Vec<Row>, MvccError> {
         Ok(bounds(lo, hi)
             .map(|b| {
@@ -60,10 +57,6 @@ impl Rows for Arc<Map> {
         Rows::get(&**self, key)
     }
 
-    fn last_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Row>, MvccError> {
-        (**self).last_in(lo, hi)
-    }
-
     fn scan(&self, lo: &[u8], hi: &[u8], rows_max: usize) -> Result<Vec<Row>, MvccError> {
         (**self).scan(lo, hi, rows_max)
     }
@@ -75,9 +68,8 @@ impl RowsMut for Map {
         Ok(())
     }
 
-    fn remove(&mut self, key: &[u8]) -> Result<(), MvccError> {
-        BTreeMap::remove(self, key);
-        Ok(())
+    fn remove(&mut self, key: &[u8]) -> Result<Option<usize>, MvccError> {
+        Ok(BTreeMap::remove(self, key).map(|old| old.len()))
     }
 }
 
@@ -92,10 +84,6 @@ impl Rows for UndoRows<'_> {
         Rows::get(&*self.map, key)
     }
 
-    fn last_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Row>, MvccError> {
-        self.map.last_in(lo, hi)
-    }
-
     fn scan(&self, lo: &[u8], hi: &[u8], rows_max: usize) -> Result<Vec<Row>, MvccError> {
         self.map.scan(lo, hi, rows_max)
     }
@@ -108,11 +96,13 @@ impl RowsMut for UndoRows<'_> {
         Ok(())
     }
 
-    fn remove(&mut self, key: &[u8]) -> Result<(), MvccError> {
-        if let Some(old) = self.map.remove(key) {
+    fn remove(&mut self, key: &[u8]) -> Result<Option<usize>, MvccError> {
+        let old = self.map.remove(key);
+        let len = old.as_ref().map(Vec::len);
+        if let Some(old) = old {
             self.undo.push((key.to_vec(), Some(old)));
         }
-        Ok(())
+        Ok(len)
     }
 }
 
@@ -124,6 +114,7 @@ struct Inner {
 /// The MVCC store in memory. Cheap to create; everything is lost when it is dropped.
 pub struct MemStore {
     inner: RwLock<Inner>,
+    index: SharedIndex,
 }
 
 impl Default for MemStore {
@@ -145,7 +136,10 @@ impl std::fmt::Debug for MemStore {
 impl MemStore {
     /// An empty store at revision 1, applied index 0.
     pub fn new() -> Self {
-        Self { inner: RwLock::new(Inner { rows: Arc::new(Map::new()), sys: Sys::default() }) }
+        Self {
+            inner: RwLock::new(Inner { rows: Arc::new(Map::new()), sys: Sys::default() }),
+            index: SharedIndex::default(),
+        }
     }
 }
 
@@ -169,18 +163,19 @@ impl ImageSource for MemImage {
 /// A write transaction on a [`MemStore`].
 pub struct MemTxn<'a> {
     guard: RwLockWriteGuard<'a, Inner>,
+    index: &'a SharedIndex,
     undo: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     state: Option<TxnState>,
 }
 
 impl MemTxn<'_> {
-    fn parts(&mut self) -> Result<(UndoRows<'_>, &mut TxnState), MvccError> {
+    fn parts(&mut self) -> Result<(UndoRows<'_>, &SharedIndex, &mut TxnState), MvccError> {
         let state = self
             .state
             .as_mut()
             .ok_or_else(|| MvccError::Corrupt("transaction used after commit".into()))?;
         let rows = UndoRows { map: Arc::make_mut(&mut self.guard.rows), undo: &mut self.undo };
-        Ok((rows, state))
+        Ok((rows, self.index, state))
     }
 
     fn state(&self) -> Result<&TxnState, MvccError> {
@@ -222,26 +217,26 @@ impl MvccTxn for MemTxn<'_> {
         range_end: &[u8],
         opts: &RangeOptions,
     ) -> Result<RangeResult, MvccError> {
-        engine::txn_range(&*self.guard.rows, self.state()?, key, range_end, opts)
+        engine::txn_range(&*self.guard.rows, self.index, self.state()?, key, range_end, opts)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, MvccError> {
-        let (mut rows, state) = self.parts()?;
-        engine::put(&mut rows, state, key, value, lease)
+        let (mut rows, index, state) = self.parts()?;
+        engine::put(&mut rows, index, state, key, value, lease)
     }
 
     fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
-        let (mut rows, state) = self.parts()?;
-        engine::delete_range(&mut rows, state, key, range_end)
+        let (mut rows, index, state) = self.parts()?;
+        engine::delete_range(&mut rows, index, state, key, range_end)
     }
 
     fn set_meta(&mut self, name: &[u8], value: &[u8]) -> Result<(), MvccError> {
-        let (mut rows, state) = self.parts()?;
+        let (mut rows, _, state) = self.parts()?;
         engine::set_meta(&mut rows, state, name, value)
     }
 
     fn delete_meta(&mut self, name: &[u8]) -> Result<(), MvccError> {
-        let (mut rows, state) = self.parts()?;
+        let (mut rows, _, state) = self.parts()?;
         engine::delete_meta(&mut rows, state, name)
     }
 
@@ -259,12 +254,12 @@ impl MvccTxn for MemTxn<'_> {
     }
 
     fn seal(&mut self) -> Result<SealResult, MvccError> {
-        let (mut rows, state) = self.parts()?;
-        engine::seal(&mut rows, state)
+        let (mut rows, index, state) = self.parts()?;
+        engine::seal(&mut rows, index, state)
     }
 
     fn rollback_to_seal(&mut self) -> Result<(), MvccError> {
-        let (mut rows, state) = self.parts()?;
+        let (mut rows, _, state) = self.parts()?;
         engine::rollback_to_seal(&mut rows, state)
     }
 
@@ -274,10 +269,15 @@ impl MvccTxn for MemTxn<'_> {
             .take()
             .ok_or_else(|| MvccError::Corrupt("transaction committed twice".into()))?;
         let mut rows = UndoRows { map: Arc::make_mut(&mut self.guard.rows), undo: &mut self.undo };
-        let (result, sys) = engine::commit(&mut rows, state, applied_index)?;
-        self.guard.sys = sys;
-        self.undo.clear();
-        Ok(result)
+        let committed = engine::commit(&mut rows, self.index, state, applied_index)?;
+        let (guard, undo) = (&mut self.guard, &mut self.undo);
+        engine::publish(self.index, &committed.overlay, || {
+            // The map holds the changes already; committing is forgetting how to undo them.
+            guard.sys = committed.sys;
+            undo.clear();
+            Ok(())
+        })?;
+        Ok(committed.result)
     }
 }
 
@@ -288,7 +288,7 @@ impl MvccStore for MemStore {
     fn write_txn(&self) -> Result<MemTxn<'_>, MvccError> {
         let guard = self.inner.write();
         let state = TxnState::new(guard.sys);
-        Ok(MemTxn { guard, undo: Vec::new(), state: Some(state) })
+        Ok(MemTxn { guard, index: &self.index, undo: Vec::new(), state: Some(state) })
     }
 
     fn range(
@@ -298,13 +298,10 @@ impl MvccStore for MemStore {
         opts: &RangeOptions,
     ) -> Result<RangeResult, MvccError> {
         let inner = self.inner.read();
-        engine::range(
-            &*inner.rows,
-            inner.sys.current_revision,
-            inner.sys.compacted_revision,
-            key,
-            range_end,
-            opts,
+        engine::read_consistent(
+            &self.index,
+            || Ok((&*inner.rows, inner.sys)),
+            |snap| engine::range(&snap, key, range_end, opts),
         )
     }
 
@@ -316,7 +313,11 @@ impl MvccStore for MemStore {
         limit: usize,
     ) -> Result<EventBatch, MvccError> {
         let inner = self.inner.read();
-        engine::events_since(&*inner.rows, &inner.sys, start_revision, key, range_end, limit)
+        engine::read_consistent(
+            &self.index,
+            || Ok((&*inner.rows, inner.sys)),
+            |snap| engine::events_since(&snap, start_revision, key, range_end, limit),
+        )
     }
 
     fn get_meta(&self, name: &[u8]) -> Result<Option<Bytes>, MvccError> {
@@ -354,16 +355,18 @@ impl MvccStore for MemStore {
 
     fn image(&self) -> Result<Self::Image, MvccError> {
         let inner = self.inner.read();
-        Ok(MemImage(RowImage::new(Arc::clone(&inner.rows), &inner.sys)))
+        let image = engine::image(&self.index, || Ok((Arc::clone(&inner.rows), inner.sys)))?;
+        Ok(MemImage(image))
     }
 
     fn restore(&self, source: &mut dyn ImageSource) -> Result<(), MvccError> {
         // Build the new map aside and swap it in: on error the store is untouched.
         let mut map = Map::new();
-        let sys = engine::restore_rows(&mut map, source)?;
+        let (sys, index) = engine::restore_rows(&mut map, source)?;
         let mut inner = self.inner.write();
         inner.rows = Arc::new(map);
         inner.sys = sys;
+        self.index.replace(&mut self.index.write(), index);
         Ok(())
     }
 }

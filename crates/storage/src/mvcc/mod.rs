@@ -1,7 +1,8 @@
 //! The MVCC state-machine store of CP keyspaces: etcd v3's data model (revisions, per-key
-//! versions, leases, history, compaction) over one ordered byte map, with two backends that
-//! pass one conformance suite: [`MemStore`] (in memory, deterministic, for the simulator) and
-//! [`RedbStore`] (on disk, redb).
+//! versions, leases, history, compaction) over one ordered byte map whose version rows are
+//! keyed by revision, plus an in-memory key index (key → revisions, like etcd's treeIndex),
+//! with two backends that pass one conformance suite: [`MemStore`] (in memory,
+//! deterministic, for the simulator) and [`RedbStore`] (on disk, redb).
 //!
 //! Rules the store keeps:
 //! - The store-wide revision starts at 1 for the empty store and grows by exactly one per
@@ -29,6 +30,7 @@
 mod codec;
 pub mod conformance;
 mod engine;
+mod index;
 mod mem;
 mod redb_store;
 

@@ -13,7 +13,12 @@
 //!   pages only at the next synced commit), which is what makes the crash rule hold; the
 //!   price is that the file can grow between syncs by the pages rewritten since.
 //! - Reads and images use redb read transactions: they see one committed state and never wait
-//!   for a writer.
+//!   for a writer (only, for the time of a lookup, for the key index's lock, which a writer
+//!   holds briefly at commit; see `engine::read_consistent`).
+//! - The key index is rebuilt on open by one scan of the version rows, checked against the
+//!   counters. Writers are serialized by a mutex held for a transaction's whole life (redb
+//!   serializes them too, but the index must be cleaned up after a failed commit before the
+//!   next writer can reuse its revisions).
 
 use std::fmt;
 use std::io;
@@ -21,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use quorumkv_core::LogIndex;
 use redb::{
     Builder, Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageBackend,
@@ -30,6 +35,7 @@ use redb::{
 
 use super::codec::Sys;
 use super::engine::{self, Row, RowImage, Rows, RowsMut, TxnState};
+use super::index::SharedIndex;
 use super::{
     CommitResult, EventBatch, ImageInfo, ImageRecord, ImageSource, KeyValue, MvccError, MvccStore,
     MvccTxn, RangeOptions, RangeResult, SealResult, StoreStats,
@@ -141,18 +147,6 @@ fn table_get<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(table.get(key).map_err(engine_err)?.map(|v| v.value().to_vec()))
 }
 
-fn table_last_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
-    table: &T,
-    lo: &[u8],
-    hi: &[u8],
-) -> Result<Option<Row>, MvccError> {
-    if lo >= hi {
-        return Ok(None);
-    }
-    let mut range = table.range::<&[u8]>(lo..hi).map_err(engine_err)?;
-    range.next_back().map(collect_row).transpose()
-}
-
 fn table_scan<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
     lo: &[u8],
@@ -170,10 +164,6 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> Rows for ReadRows<T> {
         table_get(&self.0, key)
     }
 
-    fn last_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Row>, MvccError> {
-        table_last_in(&self.0, lo, hi)
-    }
-
     fn scan(&self, lo: &[u8], hi: &[u8], rows_max: usize) -> Result<Vec<Row>, MvccError> {
         table_scan(&self.0, lo, hi, rows_max)
     }
@@ -187,10 +177,6 @@ impl Rows for WriteRows<'_, '_> {
         table_get(&*self.0, key)
     }
 
-    fn last_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Row>, MvccError> {
-        table_last_in(&*self.0, lo, hi)
-    }
-
     fn scan(&self, lo: &[u8], hi: &[u8], rows_max: usize) -> Result<Vec<Row>, MvccError> {
         table_scan(&*self.0, lo, hi, rows_max)
     }
@@ -202,9 +188,8 @@ impl RowsMut for WriteRows<'_, '_> {
         Ok(())
     }
 
-    fn remove(&mut self, key: &[u8]) -> Result<(), MvccError> {
-        self.0.remove(key).map_err(engine_err)?;
-        Ok(())
+    fn remove(&mut self, key: &[u8]) -> Result<Option<usize>, MvccError> {
+        Ok(self.0.remove(key).map_err(engine_err)?.map(|old| old.value().len()))
     }
 }
 
@@ -217,6 +202,10 @@ pub struct RedbStore {
     sys: Mutex<Sys>,
     /// Deferred commits since the last fsync.
     unsynced_commits: Mutex<u32>,
+    /// Key → revisions, derived from the version rows.
+    index: SharedIndex,
+    /// Held by a write transaction (and a restore) from start to end, index updates included.
+    writer: Mutex<()>,
 }
 
 impl fmt::Debug for RedbStore {
@@ -248,18 +237,35 @@ impl RedbStore {
             .map_err(engine_err)?;
         // Make sure the table exists, so read transactions can always open it.
         let txn = db.begin_write().map_err(engine_err)?;
-        let sys = {
+        let (sys, index) = {
             let table = txn.open_table(DATA).map_err(engine_err)?;
-            engine::load_sys(&ReadRows(table))?
+            let rows = ReadRows(table);
+            let sys = engine::load_sys(&rows)?;
+            (sys, engine::rebuild_index(&rows, &sys)?)
         };
         txn.commit().map_err(engine_err)?;
-        Ok(Self { db, file, options, sys: Mutex::new(sys), unsynced_commits: Mutex::new(0) })
+        Ok(Self {
+            db,
+            file,
+            options,
+            sys: Mutex::new(sys),
+            unsynced_commits: Mutex::new(0),
+            index: SharedIndex::new(index),
+            writer: Mutex::new(()),
+        })
     }
 
     fn read_table(&self) -> Result<ReadRows<ReadTable>, MvccError> {
         let txn = self.db.begin_read().map_err(engine_err)?;
         let table = txn.open_table(DATA).map_err(engine_err)?;
         Ok(ReadRows(table))
+    }
+
+    /// A read snapshot with its counters.
+    fn snapshot(&self) -> Result<(ReadRows<ReadTable>, Sys), MvccError> {
+        let rows = self.read_table()?;
+        let sys = engine::load_sys(&rows)?;
+        Ok((rows, sys))
     }
 
     /// Commits `txn`, fsyncing it if the durability policy says so now.
@@ -316,6 +322,8 @@ pub struct RedbTxn<'a> {
     store: &'a RedbStore,
     txn: OpenTxn,
     state: TxnState,
+    /// Declared last: released after the redb transaction is gone.
+    _writer: MutexGuard<'a, ()>,
 }
 
 /// Read-only view of the open data table (for reads inside a write transaction).
@@ -326,10 +334,6 @@ impl Rows for TableRows<'_, '_> {
         table_get(self.0, key)
     }
 
-    fn last_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Row>, MvccError> {
-        table_last_in(self.0, lo, hi)
-    }
-
     fn scan(&self, lo: &[u8], hi: &[u8], rows_max: usize) -> Result<Vec<Row>, MvccError> {
         table_scan(self.0, lo, hi, rows_max)
     }
@@ -338,17 +342,17 @@ impl Rows for TableRows<'_, '_> {
 impl RedbTxn<'_> {
     fn with_rows<R>(
         &mut self,
-        f: impl FnOnce(&mut WriteRows<'_, '_>, &mut TxnState) -> Result<R, MvccError>,
+        f: impl FnOnce(&mut WriteRows<'_, '_>, &SharedIndex, &mut TxnState) -> Result<R, MvccError>,
     ) -> Result<R, MvccError> {
-        let state = &mut self.state;
-        self.txn.with_dependent_mut(|_, table| f(&mut WriteRows(table), state))
+        let (index, state) = (&self.store.index, &mut self.state);
+        self.txn.with_dependent_mut(|_, table| f(&mut WriteRows(table), index, state))
     }
 
     fn read_rows<R>(
         &self,
-        f: impl FnOnce(&TableRows<'_, '_>, &TxnState) -> Result<R, MvccError>,
+        f: impl FnOnce(&TableRows<'_, '_>, &SharedIndex, &TxnState) -> Result<R, MvccError>,
     ) -> Result<R, MvccError> {
-        self.txn.with_dependent(|_, table| f(&TableRows(table), &self.state))
+        self.txn.with_dependent(|_, table| f(&TableRows(table), &self.store.index, &self.state))
     }
 }
 
@@ -367,27 +371,27 @@ impl MvccTxn for RedbTxn<'_> {
         range_end: &[u8],
         opts: &RangeOptions,
     ) -> Result<RangeResult, MvccError> {
-        self.read_rows(|rows, st| engine::txn_range(rows, st, key, range_end, opts))
+        self.read_rows(|rows, index, st| engine::txn_range(rows, index, st, key, range_end, opts))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, MvccError> {
-        self.with_rows(|rows, st| engine::put(rows, st, key, value, lease))
+        self.with_rows(|rows, index, st| engine::put(rows, index, st, key, value, lease))
     }
 
     fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
-        self.with_rows(|rows, st| engine::delete_range(rows, st, key, range_end))
+        self.with_rows(|rows, index, st| engine::delete_range(rows, index, st, key, range_end))
     }
 
     fn set_meta(&mut self, name: &[u8], value: &[u8]) -> Result<(), MvccError> {
-        self.with_rows(|rows, st| engine::set_meta(rows, st, name, value))
+        self.with_rows(|rows, _, st| engine::set_meta(rows, st, name, value))
     }
 
     fn delete_meta(&mut self, name: &[u8]) -> Result<(), MvccError> {
-        self.with_rows(|rows, st| engine::delete_meta(rows, st, name))
+        self.with_rows(|rows, _, st| engine::delete_meta(rows, st, name))
     }
 
     fn get_meta(&self, name: &[u8]) -> Result<Option<Bytes>, MvccError> {
-        self.read_rows(|rows, _| engine::get_meta(rows, name))
+        self.read_rows(|rows, _, _| engine::get_meta(rows, name))
     }
 
     fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
@@ -395,22 +399,24 @@ impl MvccTxn for RedbTxn<'_> {
     }
 
     fn seal(&mut self) -> Result<SealResult, MvccError> {
-        self.with_rows(|rows, st| engine::seal(rows, st))
+        self.with_rows(|rows, index, st| engine::seal(rows, index, st))
     }
 
     fn rollback_to_seal(&mut self) -> Result<(), MvccError> {
-        self.with_rows(|rows, st| engine::rollback_to_seal(rows, st))
+        self.with_rows(|rows, _, st| engine::rollback_to_seal(rows, st))
     }
 
     fn commit(self, applied_index: LogIndex) -> Result<CommitResult, MvccError> {
-        let RedbTxn { store, mut txn, state } = self;
-        let (result, sys) = txn.with_dependent_mut(|_, table| {
-            engine::commit(&mut WriteRows(table), state, applied_index)
+        let RedbTxn { store, mut txn, state, _writer } = self;
+        let committed = txn.with_dependent_mut(|_, table| {
+            engine::commit(&mut WriteRows(table), &store.index, state, applied_index)
         })?;
         // The table is closed here, before the commit.
-        store.finish(txn.into_owner(), false)?;
-        *store.sys.lock() = sys;
-        Ok(result)
+        let txn = txn.into_owner();
+        engine::publish(&store.index, &committed.overlay, || store.finish(txn, false))?;
+        *store.sys.lock() = committed.sys;
+        // `_writer` is released here, after the index is settled either way.
+        Ok(committed.result)
     }
 }
 
@@ -419,10 +425,11 @@ impl MvccStore for RedbStore {
     type Image = RedbImage;
 
     fn write_txn(&self) -> Result<RedbTxn<'_>, MvccError> {
+        let writer = self.writer.lock();
         let txn = self.db.begin_write().map_err(engine_err)?;
         let txn = OpenTxn::try_new(txn, |txn| txn.open_table(DATA)).map_err(engine_err)?;
         let sys = txn.with_dependent(|_, table| engine::load_sys(&TableRows(table)))?;
-        Ok(RedbTxn { store: self, txn, state: TxnState::new(sys) })
+        Ok(RedbTxn { store: self, txn, state: TxnState::new(sys), _writer: writer })
     }
 
     fn range(
@@ -431,9 +438,11 @@ impl MvccStore for RedbStore {
         range_end: &[u8],
         opts: &RangeOptions,
     ) -> Result<RangeResult, MvccError> {
-        let rows = self.read_table()?;
-        let sys = engine::load_sys(&rows)?;
-        engine::range(&rows, sys.current_revision, sys.compacted_revision, key, range_end, opts)
+        engine::read_consistent(
+            &self.index,
+            || self.snapshot(),
+            |snap| engine::range(&snap, key, range_end, opts),
+        )
     }
 
     fn events_since(
@@ -443,9 +452,11 @@ impl MvccStore for RedbStore {
         range_end: &[u8],
         limit: usize,
     ) -> Result<EventBatch, MvccError> {
-        let rows = self.read_table()?;
-        let sys = engine::load_sys(&rows)?;
-        engine::events_since(&rows, &sys, start_revision, key, range_end, limit)
+        engine::read_consistent(
+            &self.index,
+            || self.snapshot(),
+            |snap| engine::events_since(&snap, start_revision, key, range_end, limit),
+        )
     }
 
     fn get_meta(&self, name: &[u8]) -> Result<Option<Bytes>, MvccError> {
@@ -486,20 +497,23 @@ impl MvccStore for RedbStore {
     }
 
     fn image(&self) -> Result<Self::Image, MvccError> {
-        let rows = self.read_table()?;
-        let sys = engine::load_sys(&rows)?;
-        Ok(RedbImage(RowImage::new(rows, &sys)))
+        Ok(RedbImage(engine::image(&self.index, || self.snapshot())?))
     }
 
     fn restore(&self, source: &mut dyn ImageSource) -> Result<(), MvccError> {
+        let _writer = self.writer.lock();
         let txn = self.db.begin_write().map_err(engine_err)?;
         txn.delete_table(DATA).map_err(engine_err)?;
-        let sys = {
+        let (sys, new_index) = {
             let mut table = txn.open_table(DATA).map_err(engine_err)?;
             engine::restore_rows(&mut WriteRows(&mut table), source)?
         };
-        // Dropping `txn` on any error above aborts it: the old contents stay.
+        // Dropping `txn` on any error above aborts it: the old contents stay. The index is
+        // locked across the commit and swapped (with a new epoch) before readers go on, so a
+        // reader never pairs the new rows with the old index or the other way round.
+        let mut index = self.index.write();
         self.finish(txn, true)?;
+        self.index.replace(&mut index, new_index);
         *self.sys.lock() = sys;
         Ok(())
     }

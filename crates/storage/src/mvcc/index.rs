@@ -1,0 +1,490 @@
+//! The in-memory key index (etcd's `treeIndex`): user key → that key's revisions, sorted, each
+//! with its tombstone flag. Version rows are keyed by revision alone (so writes append at the
+//! right edge of the engine's B-tree); everything that asks "which version of key K" — the
+//! latest at or below a read revision, the one just below a change (`prev_kv`), the live keys
+//! of a range, the versions a compaction drops — asks this index, and then fetches values by
+//! point lookups of revision rows.
+//!
+//! Rules this module keeps:
+//! - Derived data: built by one scan of the revision rows on open and from the records of an
+//!   image on restore; never written to disk.
+//! - Only a committing writer changes it, under the write lock, in two ways that readers
+//!   cannot observe as a wrong answer: revisions are appended *before* the engine commit
+//!   (a reader filters by its snapshot's revision, and a revision above it is invisible; if
+//!   the commit fails they are taken out again before the next writer may start), and a
+//!   compaction's removals are applied *after* the engine commit, recorded in
+//!   [`KeyIndex::compacted`] (a reader whose read revision is below it retries on a fresh
+//!   snapshot: see `engine::ReadSnapshot`). A restore swaps the whole index and bumps
+//!   [`KeyIndex::epoch`], which readers also check.
+//! - A transaction never changes it: its revisions sit in an [`Overlay`] until commit, so a
+//!   dropped transaction or a rolled-back command leaves no trace here.
+//! - Per put, the work is a map lookup and a `Vec` push (amortised O(1) per version, never a
+//!   copy of a key's history).
+//!
+//! Memory: per key about 100 bytes plus the key's length (the map entry with its `Bytes` and
+//! `Vec` headers, the B-tree node share and the key's own allocation); per version 16 bytes
+//! ([`IndexedRev`]), up to 32 with `Vec` growth slack.
+
+use std::collections::BTreeSet;
+use std::collections::btree_map::{self, BTreeMap};
+use std::iter::Peekable;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::MvccError;
+use super::codec::Revision;
+
+/// One revision of one key, as the index keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IndexedRev {
+    /// The revision of the change.
+    pub rev: Revision,
+    /// True if the change was a delete.
+    pub tombstone: bool,
+}
+
+/// Key → revisions, sorted ascending.
+type KeyRevs = BTreeMap<Bytes, Vec<IndexedRev>>;
+
+/// Borrowed bounds of a key range.
+pub(crate) type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+/// Called per key by [`KeyIndex::walk`] with (key, committed revisions, revisions the
+/// transaction added); returns whether to go on.
+pub(crate) type WalkFn<'f> =
+    dyn FnMut(&Bytes, &[IndexedRev], &[IndexedRev]) -> Result<bool, MvccError> + 'f;
+
+/// The latest revision in `revs` strictly below `below`.
+fn latest_in(revs: &[IndexedRev], below: Revision) -> Option<IndexedRev> {
+    // Most reads are at the current revision: the answer is then the last entry, one cache
+    // line, where a binary search over a long history would miss the cache several times.
+    match revs.last() {
+        Some(last) if last.rev < below => return Some(*last),
+        None => return None,
+        Some(_) => {}
+    }
+    let at = revs.partition_point(|r| r.rev < below);
+    at.checked_sub(1).and_then(|i| revs.get(i)).copied()
+}
+
+/// The borrowed key bounds of an etcd key range (`range_end` conventions), or `None` if the
+/// range is empty. The caller rejects an empty `key` with an empty `range_end`.
+pub(crate) fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {
+    match range_end {
+        [] => Some((Bound::Included(key), Bound::Included(key))),
+        [0] => Some((Bound::Included(key), Bound::Unbounded)),
+        end if end <= key => None,
+        end => Some((Bound::Included(key), Bound::Excluded(end))),
+    }
+}
+
+/// The shared index of one store.
+#[derive(Debug, Default)]
+pub(crate) struct KeyIndex {
+    keys: KeyRevs,
+    /// The highest compacted revision whose removals have been applied here.
+    compacted: i64,
+    /// Bumped by every restore (which replaces the index wholesale).
+    epoch: u64,
+}
+
+impl KeyIndex {
+    /// An empty index of a store compacted at `compacted`.
+    pub(crate) fn new(compacted: i64) -> Self {
+        Self { keys: KeyRevs::new(), compacted, epoch: 0 }
+    }
+
+    /// The highest compacted revision whose removals have been applied.
+    pub(crate) fn compacted(&self) -> i64 {
+        self.compacted
+    }
+
+    /// The restore generation (see the module rules).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Keys whose latest revision is not a delete.
+    pub(crate) fn live_key_count(&self) -> u64 {
+        self.keys.values().filter(|revs| revs.last().is_some_and(|r| !r.tombstone)).count() as u64
+    }
+
+    /// Keys indexed (live or not).
+    #[cfg(test)]
+    pub(crate) fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Adds `rev` of `key` while building the index from rows or image records; revisions of
+    /// one key must come in increasing order.
+    pub(crate) fn push(&mut self, key: &[u8], rev: IndexedRev) -> Result<(), MvccError> {
+        match self.keys.get_mut(key) {
+            Some(revs) => {
+                if revs.last().is_some_and(|last| last.rev >= rev.rev) {
+                    return Err(MvccError::Corrupt(format!(
+                        "two versions of one key out of revision order at {}.{}",
+                        rev.rev.main, rev.rev.sub
+                    )));
+                }
+                revs.push(rev);
+            }
+            None => {
+                self.keys.insert(Bytes::copy_from_slice(key), vec![rev]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key as stored (shared, not copied) and its revisions.
+    pub(crate) fn entry(&self, key: &[u8]) -> Option<(&Bytes, &[IndexedRev])> {
+        self.keys.get_key_value(key).map(|(k, revs)| (k, revs.as_slice()))
+    }
+
+    /// The latest revision of `key` strictly below `below`.
+    pub(crate) fn latest_below(&self, key: &[u8], below: Revision) -> Option<IndexedRev> {
+        self.keys.get(key).and_then(|revs| latest_in(revs, below))
+    }
+
+    /// Every (key, revision) at or below `revision`, by key then revision (what an image
+    /// holds).
+    pub(crate) fn versions_up_to(&self, revision: i64) -> Vec<(Bytes, Revision)> {
+        let mut out = Vec::new();
+        for (key, revs) in &self.keys {
+            for r in revs.iter().take_while(|r| r.rev.main <= revision) {
+                out.push((key.clone(), r.rev));
+            }
+        }
+        out
+    }
+
+    /// Walks the keys in `bounds` with their revisions and those `overlay` adds, in key
+    /// order, until `f` returns `false`.
+    pub(crate) fn walk(
+        &self,
+        overlay: Option<&Overlay>,
+        bounds: KeyBounds<'_>,
+        f: &mut WalkFn<'_>,
+    ) -> Result<(), MvccError> {
+        let base = self.keys.range::<[u8], _>(bounds);
+        match overlay {
+            None => {
+                for (key, revs) in base {
+                    if !f(key, revs, &[])? {
+                        break;
+                    }
+                }
+            }
+            Some(overlay) => {
+                let added = overlay.added.range::<[u8], _>(bounds);
+                let merged = Merge { a: base.peekable(), b: added.peekable() };
+                for (key, revs, more) in merged {
+                    if !f(key, revs, more)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the revisions a transaction added (before its engine commit).
+    pub(crate) fn append(&mut self, overlay: &Overlay) {
+        for (key, added) in &overlay.added {
+            match self.keys.get_mut(key) {
+                Some(revs) => revs.extend_from_slice(added),
+                None => {
+                    self.keys.insert(key.clone(), added.clone());
+                }
+            }
+        }
+    }
+
+    /// Takes out again what [`KeyIndex::append`] added (the engine commit failed). Nothing can
+    /// have been appended since: writers are serialized until this is done.
+    pub(crate) fn unappend(&mut self, overlay: &Overlay) {
+        for (key, added) in &overlay.added {
+            if let Some(revs) = self.keys.get_mut(key) {
+                revs.truncate(revs.len().saturating_sub(added.len()));
+                if revs.is_empty() {
+                    self.keys.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Applies a committed compaction at `revision` to the keys that had versions to drop.
+    pub(crate) fn compact(&mut self, keys: &BTreeSet<Bytes>, revision: i64) {
+        for key in keys {
+            if let Some(revs) = self.keys.get_mut(key) {
+                let drop = compaction_drop_count(revs, revision);
+                revs.drain(..drop);
+                if revs.is_empty() {
+                    self.keys.remove(key);
+                }
+            }
+        }
+        self.compacted = self.compacted.max(revision);
+    }
+
+    /// Replaces everything with `other` (a restore), moving the epoch on.
+    pub(crate) fn replace(&mut self, other: KeyIndex) {
+        let epoch = self.epoch.wrapping_add(1);
+        *self = other;
+        self.epoch = epoch;
+    }
+}
+
+/// How many of a key's first revisions a compaction at `revision` drops: all below it but
+/// the latest, which stays unless it is a tombstone (the module rule of `mvcc`).
+pub(crate) fn compaction_drop_count(revs: &[IndexedRev], revision: i64) -> usize {
+    let below = revs.partition_point(|r| r.rev.main < revision);
+    match below.checked_sub(1).and_then(|i| revs.get(i)) {
+        Some(last) if !last.tombstone => below - 1,
+        _ => below,
+    }
+}
+
+/// Merges two key-ordered map ranges into (key, revisions of the first, of the second).
+struct Merge<'a> {
+    a: Peekable<btree_map::Range<'a, Bytes, Vec<IndexedRev>>>,
+    b: Peekable<btree_map::Range<'a, Bytes, Vec<IndexedRev>>>,
+}
+
+impl<'a> Iterator for Merge<'a> {
+    type Item = (&'a Bytes, &'a [IndexedRev], &'a [IndexedRev]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let order = match (self.a.peek(), self.b.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            std::cmp::Ordering::Less => self.a.next().map(|(k, r)| (k, r.as_slice(), &[][..])),
+            std::cmp::Ordering::Greater => self.b.next().map(|(k, r)| (k, &[][..], r.as_slice())),
+            std::cmp::Ordering::Equal => {
+                let (k, ra) = self.a.next()?;
+                let (_, rb) = self.b.next()?;
+                Some((k, ra.as_slice(), rb.as_slice()))
+            }
+        }
+    }
+}
+
+/// The latest revision strictly below `below` among a key's committed revisions `base` and
+/// those a transaction added, `added` (all newer than every committed one).
+pub(crate) fn latest_of(
+    base: &[IndexedRev],
+    added: &[IndexedRev],
+    below: Revision,
+) -> Option<IndexedRev> {
+    latest_in(added, below).or_else(|| latest_in(base, below))
+}
+
+/// What a write transaction changes in the index, kept aside until its commit.
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    /// Revisions added by the transaction, per key, ascending.
+    added: KeyRevs,
+    /// Keys the current command added revisions to (for a rollback to the last seal).
+    command_keys: Vec<Bytes>,
+    /// Keys with versions dropped by the transaction's compactions (applied after commit).
+    compacted_keys: BTreeSet<Bytes>,
+    /// The highest compaction the transaction sealed.
+    compacted: Option<i64>,
+}
+
+impl Overlay {
+    /// Whether the transaction added any revision.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.added.is_empty()
+    }
+
+    /// The revisions the transaction added to `key`.
+    pub(crate) fn added(&self, key: &[u8]) -> &[IndexedRev] {
+        self.added.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Records a new revision of `key` in the current command.
+    pub(crate) fn add(&mut self, key: &Bytes, rev: IndexedRev) {
+        match self.added.get_mut(key.as_ref()) {
+            Some(revs) => revs.push(rev),
+            None => {
+                self.added.insert(key.clone(), vec![rev]);
+            }
+        }
+        self.command_keys.push(key.clone());
+    }
+
+    /// Closes the current command: its revisions stay.
+    pub(crate) fn seal(&mut self) {
+        self.command_keys.clear();
+    }
+
+    /// Forgets the revisions of the current command, whose revision is `main`.
+    pub(crate) fn rollback(&mut self, main: i64) {
+        for key in std::mem::take(&mut self.command_keys) {
+            if let Some(revs) = self.added.get_mut(&key) {
+                while revs.last().is_some_and(|r| r.rev.main == main) {
+                    revs.pop();
+                }
+                if revs.is_empty() {
+                    self.added.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Records that a sealed compaction at `revision` dropped versions of `keys`.
+    pub(crate) fn record_compaction(&mut self, keys: BTreeSet<Bytes>, revision: i64) {
+        self.compacted_keys.extend(keys);
+        self.compacted = Some(self.compacted.map_or(revision, |c| c.max(revision)));
+    }
+
+    /// The compaction to apply to the index after the commit, if any.
+    pub(crate) fn compaction(&self) -> Option<(&BTreeSet<Bytes>, i64)> {
+        self.compacted.map(|c| (&self.compacted_keys, c))
+    }
+}
+
+/// The index of one store behind its lock. Readers hold the read side only for the time of a
+/// lookup; a committing writer takes the write side briefly (see the module rules).
+#[derive(Debug, Default)]
+pub(crate) struct SharedIndex {
+    index: RwLock<KeyIndex>,
+    /// [`KeyIndex::epoch`], readable without the lock (a reader's first step); stored under
+    /// the write lock by [`SharedIndex::replace`].
+    epoch: AtomicU64,
+}
+
+impl SharedIndex {
+    /// A shared `index`.
+    pub(crate) fn new(index: KeyIndex) -> Self {
+        let epoch = AtomicU64::new(index.epoch());
+        Self { index: RwLock::new(index), epoch }
+    }
+
+    /// The current restore generation.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The read side.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, KeyIndex> {
+        self.index.read()
+    }
+
+    /// The write side (committing writers and restore only).
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, KeyIndex> {
+        self.index.write()
+    }
+
+    /// Replaces the index held by `guard` (a write guard of this index) with `other`, moving
+    /// the epoch on (a restore).
+    pub(crate) fn replace(&self, guard: &mut KeyIndex, other: KeyIndex) {
+        guard.replace(other);
+        self.epoch.store(guard.epoch(), Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64, sub: u32, tombstone: bool) -> IndexedRev {
+        IndexedRev { rev: Revision { main, sub }, tombstone }
+    }
+
+    fn below(main: i64) -> Revision {
+        Revision { main, sub: 0 }
+    }
+
+    #[test]
+    fn lookups_merge_committed_and_added_revisions() {
+        let mut index = KeyIndex::new(0);
+        index.push(b"a", r(2, 0, false)).expect("push");
+        index.push(b"a", r(4, 0, true)).expect("push");
+        index.push(b"b", r(3, 0, false)).expect("push");
+        assert!(index.push(b"a", r(4, 0, false)).is_err(), "out of order is corrupt");
+        assert_eq!(index.latest_below(b"a", below(4)), Some(r(2, 0, false)));
+        assert_eq!(index.latest_below(b"a", below(5)), Some(r(4, 0, true)));
+        assert_eq!(index.latest_below(b"a", below(2)), None);
+        assert_eq!(index.latest_below(b"zz", below(9)), None);
+
+        let mut overlay = Overlay::default();
+        overlay.add(&Bytes::from_static(b"a"), r(6, 0, false));
+        overlay.add(&Bytes::from_static(b"c"), r(6, 1, false));
+        let mut seen = Vec::new();
+        index
+            .walk(Some(&overlay), key_bounds(b"a", &[0]).expect("bounds"), &mut |k, base, add| {
+                seen.push((k.clone(), latest_of(base, add, below(7))));
+                Ok(true)
+            })
+            .expect("walk");
+        assert_eq!(
+            seen,
+            vec![
+                (Bytes::from_static(b"a"), Some(r(6, 0, false))),
+                (Bytes::from_static(b"b"), Some(r(3, 0, false))),
+                (Bytes::from_static(b"c"), Some(r(6, 1, false))),
+            ]
+        );
+        assert_eq!(
+            index.versions_up_to(3),
+            vec![(Bytes::from_static(b"a"), below(2)), (Bytes::from_static(b"b"), below(3))]
+        );
+    }
+
+    #[test]
+    fn append_unappend_and_rollback_leave_no_trace() {
+        let mut index = KeyIndex::new(0);
+        index.push(b"a", r(2, 0, false)).expect("push");
+        let mut overlay = Overlay::default();
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        overlay.add(&a, r(3, 0, false));
+        overlay.seal();
+        overlay.add(&a, r(4, 0, false));
+        overlay.add(&b, r(4, 1, false));
+        overlay.rollback(4);
+        assert_eq!(overlay.added(b"a"), &[r(3, 0, false)]);
+        assert_eq!(overlay.added(b"b"), &[] as &[IndexedRev]);
+        overlay.add(&b, r(4, 0, false));
+        index.append(&overlay);
+        assert_eq!(index.latest_below(b"a", below(9)), Some(r(3, 0, false)));
+        assert_eq!(index.latest_below(b"b", below(9)), Some(r(4, 0, false)));
+        index.unappend(&overlay);
+        assert_eq!(index.latest_below(b"a", below(9)), Some(r(2, 0, false)));
+        assert_eq!(index.latest_below(b"b", below(9)), None);
+        assert_eq!(index.key_count(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_the_version_live_below_it() {
+        let mut index = KeyIndex::new(0);
+        for (key, revs) in [
+            (&b"live"[..], vec![r(2, 0, false), r(3, 0, false), r(6, 0, false)]),
+            (&b"dead"[..], vec![r(2, 1, false), r(4, 0, true)]),
+            (&b"new"[..], vec![r(7, 0, false)]),
+        ] {
+            for rev in revs {
+                index.push(key, rev).expect("push");
+            }
+        }
+        let all: BTreeSet<Bytes> =
+            [&b"live"[..], b"dead", b"new"].iter().map(|k| Bytes::copy_from_slice(k)).collect();
+        index.compact(&all, 5);
+        assert_eq!(index.compacted(), 5);
+        assert_eq!(index.latest_below(b"live", below(6)), Some(r(3, 0, false)));
+        assert_eq!(index.latest_below(b"live", below(3)), None, "older version dropped");
+        assert_eq!(index.latest_below(b"dead", below(9)), None, "tombstoned key gone");
+        assert_eq!(index.latest_below(b"new", below(9)), Some(r(7, 0, false)));
+        assert_eq!(index.key_count(), 2);
+        let epoch = index.epoch();
+        index.replace(KeyIndex::new(3));
+        assert_eq!((index.epoch(), index.compacted(), index.key_count()), (epoch + 1, 3, 0));
+    }
+}

@@ -201,6 +201,9 @@ pub struct Plan {
     /// WAL segment size: small segments make rotation, checkpoints and segment deletion
     /// happen often.
     pub wal_segment_bytes_max: u64,
+    /// Reserve each WAL segment's size when it is created (the node's mode): the log then
+    /// ends in zeros, and torn writes land inside the file rather than at its end.
+    pub wal_preallocate: bool,
     /// Fault phase length.
     pub fault_time: Time,
     /// Time after healing during which the cluster must commit a write.
@@ -332,7 +335,10 @@ impl World {
         let mut rng = Rng::new(seed);
         let voters: Vec<NodeId> = (1..=plan.nodes as u64).collect();
         let boot = RestoreState::bootstrap(&voters);
-        let wal_options = WalOptions { segment_bytes_max: plan.wal_segment_bytes_max };
+        let wal_options = WalOptions {
+            segment_bytes_max: plan.wal_segment_bytes_max,
+            preallocate: plan.wal_preallocate,
+        };
         let mut inv = Invariants::default();
         let nodes: Vec<SimNode> = voters
             .iter()
@@ -1784,16 +1790,20 @@ pub fn plan(
         raft.lease_read_max_drift_ticks = Some(2);
     }
     let lazy_images = rng.chance(0.5);
-    Plan {
+    let mut plan = Plan {
         nodes,
         clients: rng.range(3, 9) as usize,
         keys: rng.range(1, 5) as u32,
         compact_every: *rng.pick(&[10u64, 50, 300]).unwrap_or(&50),
         lazy_images,
         wal_segment_bytes_max: *rng.pick(&[4u64 << 10, 64 << 10, 1 << 20]).unwrap_or(&(64 << 10)),
+        wal_preallocate: false,
         raft,
         faults,
         fault_time,
         heal_time: 10 * SEC,
-    }
+    };
+    // Drawn last so that the draws above, and so older seeds' plans, stay as they were.
+    plan.wal_preallocate = rng.chance(0.5);
+    plan
 }

@@ -81,6 +81,13 @@ pub trait DiskFile: Send + Sync {
     /// caller must not trust what it reads back and should stop.
     fn sync(&mut self) -> io::Result<()>;
 
+    /// Reserves disk space so the file is at least `len` bytes long, zeros past its old end.
+    /// Writes inside reserved space change no file size, so their fsync has no size to record
+    /// (cheaper), and cannot fail for want of space. Durable after the next [`DiskFile::sync`].
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        if len > self.len()? { self.truncate(len) } else { Ok(()) }
+    }
+
     /// True if the file has no bytes.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -229,6 +236,17 @@ impl DiskFile for RealFile {
 
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        if len <= self.len {
+            return Ok(());
+        }
+        // Real blocks, not a sparse hole: a write into a hole allocates at fsync time, which
+        // costs what preallocating is meant to save.
+        rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len)?;
+        self.len = len;
+        Ok(())
     }
 }
 
@@ -439,7 +457,9 @@ impl SimState {
             let last = i + 1 == keep;
             match write {
                 PendingWrite::Write { offset, data } if last && mode == CrashMode::Random => {
-                    apply_write(&mut content, &torn_write(rng, *offset, data, zero_filled_tears));
+                    let old_len = content.len() as u64;
+                    let torn = torn_write(rng, *offset, data, zero_filled_tears, old_len);
+                    apply_write(&mut content, &torn);
                 }
                 _ => apply_write(&mut content, write),
             }
@@ -449,10 +469,19 @@ impl SimState {
     }
 }
 
-/// Bytes a crash may leave of the last write that reached the media: all of it, a prefix of it
-/// (the file ends early), or, with `zero_filled`, its full length with zeros from a 512-byte
-/// sector boundary on (the file size was updated, the last sectors never written).
-fn torn_write(rng: &mut Rng, offset: u64, data: &[u8], zero_filled: bool) -> PendingWrite {
+/// Bytes a crash may leave of the last write that reached the media: all of it, a prefix of it,
+/// or, with `zero_filled`, its full length with zeros from a 512-byte sector boundary on (the
+/// file size was updated, the last sectors never written). A prefix that ends past the file's
+/// old length may end at any byte (the file ends early); inside the old length it ends on a
+/// sector boundary, since a disk writes a sector whole or not at all, and the old bytes after
+/// it stay.
+fn torn_write(
+    rng: &mut Rng,
+    offset: u64,
+    data: &[u8],
+    zero_filled: bool,
+    old_len: u64,
+) -> PendingWrite {
     const SECTOR: u64 = 512;
     let end = offset + data.len() as u64;
     let first_boundary = offset.div_ceil(SECTOR) * SECTOR;
@@ -461,7 +490,13 @@ fn torn_write(rng: &mut Rng, offset: u64, data: &[u8], zero_filled: bool) -> Pen
     let mut kept = data.to_vec();
     match choice {
         0 => {}
-        1 => kept.truncate(rng.range(0, data.len() as u64 + 1) as usize),
+        1 => {
+            let mut cut = offset + rng.range(0, data.len() as u64 + 1);
+            if cut < old_len {
+                cut = (cut / SECTOR * SECTOR).max(offset);
+            }
+            kept.truncate((cut - offset) as usize);
+        }
         _ => {
             let cut = first_boundary + rng.range(0, boundaries) * SECTOR;
             let from = (cut - offset) as usize;

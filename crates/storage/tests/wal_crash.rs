@@ -167,7 +167,13 @@ fn dir() -> PathBuf {
 }
 
 fn small_segments() -> WalOptions {
-    WalOptions { segment_bytes_max: 1024 }
+    WalOptions { segment_bytes_max: 1024, preallocate: false }
+}
+
+/// Small segments, each reserved in full when created: the log ends in zeros, not at the end
+/// of the file.
+fn reserved_segments() -> WalOptions {
+    WalOptions { preallocate: true, ..small_segments() }
 }
 
 struct Outcome {
@@ -178,9 +184,9 @@ struct Outcome {
 }
 
 /// Runs the script until the first error. Counts what was acknowledged.
-fn run(disk: &SimDisk, script: &[Vec<WalOp>]) -> Outcome {
+fn run(disk: &SimDisk, script: &[Vec<WalOp>], opts: WalOptions) -> Outcome {
     let mut out = Outcome { acked: 0, issued: 0 };
-    let Ok((mut wal, _)) = Wal::open(Arc::new(disk.clone()), dir(), small_segments()) else {
+    let Ok((mut wal, _)) = Wal::open(Arc::new(disk.clone()), dir(), opts) else {
         return out;
     };
     for batch in script {
@@ -198,8 +204,8 @@ fn run(disk: &SimDisk, script: &[Vec<WalOp>]) -> Outcome {
     out
 }
 
-fn recover(disk: &SimDisk) -> Result<(Wal, Recovered), WalError> {
-    Wal::open(Arc::new(disk.clone()), dir(), small_segments())
+fn recover(disk: &SimDisk, opts: WalOptions) -> Result<(Wal, Recovered), WalError> {
+    Wal::open(Arc::new(disk.clone()), dir(), opts)
 }
 
 /// Asserts `got` is the model after k ops for some k in `acked..=issued`; returns k.
@@ -215,12 +221,17 @@ fn assert_durable_prefix(got: &Model, states: &[Model], outcome: &Outcome, conte
 
 #[test]
 fn full_run_rotates_and_collects_segments() {
+    full_run_rotates_and_collects_segments_with(small_segments());
+    full_run_rotates_and_collects_segments_with(reserved_segments());
+}
+
+fn full_run_rotates_and_collects_segments_with(opts: WalOptions) {
     let script = script(11, 120, 4);
     let states = prefix_states(&script);
     let disk = SimDisk::new(1);
-    let outcome = run(&disk, &script);
+    let outcome = run(&disk, &script, opts.clone());
     assert_eq!(outcome.acked, states.len() - 1, "the script itself must be valid");
-    let (mut wal, recovered) = recover(&disk).expect("recover");
+    let (mut wal, recovered) = recover(&disk, opts.clone()).expect("recover");
     assert_eq!(model_of(&recovered), states[outcome.acked]);
     assert!(recovered.torn_tail.is_none());
     wal.sync().expect("sync");
@@ -231,11 +242,16 @@ fn full_run_rotates_and_collects_segments() {
 
 #[test]
 fn crash_at_every_mutation_recovers_a_durable_prefix() {
+    crash_at_every_mutation_recovers_a_durable_prefix_with(small_segments());
+    crash_at_every_mutation_recovers_a_durable_prefix_with(reserved_segments());
+}
+
+fn crash_at_every_mutation_recovers_a_durable_prefix_with(opts: WalOptions) {
     let script = script(7, 60, 3);
     let states = prefix_states(&script);
     let total = {
         let disk = SimDisk::new(0);
-        let outcome = run(&disk, &script);
+        let outcome = run(&disk, &script, opts.clone());
         assert_eq!(outcome.acked, states.len() - 1);
         disk.stats().mutations
     };
@@ -247,7 +263,7 @@ fn crash_at_every_mutation_recovers_a_durable_prefix() {
             // Variant 3: torn writes may also keep their length with unwritten (zero) sectors.
             disk.set_zero_filled_tears(variant == 3);
             disk.power_off_after(point);
-            let outcome = run(&disk, &script);
+            let outcome = run(&disk, &script, opts.clone());
             let mode = match variant {
                 1 => CrashMode::LoseUnsynced,
                 2 => CrashMode::KeepUnsynced,
@@ -255,8 +271,8 @@ fn crash_at_every_mutation_recovers_a_durable_prefix() {
             };
             disk.crash_with(mode);
             let context = format!("crash after {point} mutations, {mode:?}");
-            let (mut wal, recovered) =
-                recover(&disk).unwrap_or_else(|e| panic!("{context}: recovery failed: {e}"));
+            let (mut wal, recovered) = recover(&disk, opts.clone())
+                .unwrap_or_else(|e| panic!("{context}: recovery failed: {e}"));
             let k = assert_durable_prefix(&model_of(&recovered), &states, &outcome, &context);
 
             // The recovered WAL must take new writes that survive the next crash.
@@ -274,8 +290,8 @@ fn crash_at_every_mutation_recovers_a_durable_prefix() {
             wal.sync().unwrap_or_else(|e| panic!("{context}: sync after recovery: {e}"));
             drop(wal);
             disk.crash_with(CrashMode::LoseUnsynced);
-            let (_, again) =
-                recover(&disk).unwrap_or_else(|e| panic!("{context}: second recovery: {e}"));
+            let (_, again) = recover(&disk, opts.clone())
+                .unwrap_or_else(|e| panic!("{context}: second recovery: {e}"));
             let mut expected = states[k].clone();
             expected.insert(
                 group,
@@ -298,13 +314,18 @@ fn crash_at_every_mutation_recovers_a_durable_prefix() {
 
 #[test]
 fn crash_during_recovery_is_harmless() {
+    crash_during_recovery_is_harmless_with(small_segments());
+    crash_during_recovery_is_harmless_with(reserved_segments());
+}
+
+fn crash_during_recovery_is_harmless_with(opts: WalOptions) {
     // Crash points inside recovery itself: torn-tail truncation, removal of an unborn segment,
     // the first segment's creation.
     let script = script(5, 30, 2);
     let states = prefix_states(&script);
     let total = {
         let disk = SimDisk::new(0);
-        run(&disk, &script);
+        run(&disk, &script, opts.clone());
         disk.stats().mutations
     };
     for point in (0..=total).step_by(3) {
@@ -312,14 +333,14 @@ fn crash_during_recovery_is_harmless() {
             let disk = SimDisk::new(point ^ (recovery_budget << 32));
             disk.set_zero_filled_tears(recovery_budget % 2 == 1);
             disk.power_off_after(point);
-            let outcome = run(&disk, &script);
+            let outcome = run(&disk, &script, opts.clone());
             disk.crash();
             disk.power_off_after(recovery_budget);
-            let _ = recover(&disk);
+            let _ = recover(&disk, opts.clone());
             disk.crash();
             let context = format!("crash after {point}, then {recovery_budget} into recovery");
-            let (_, recovered) =
-                recover(&disk).unwrap_or_else(|e| panic!("{context}: recovery failed: {e}"));
+            let (_, recovered) = recover(&disk, opts.clone())
+                .unwrap_or_else(|e| panic!("{context}: recovery failed: {e}"));
             assert_durable_prefix(&model_of(&recovered), &states, &outcome, &context);
         }
     }
@@ -336,7 +357,7 @@ fn entry(index: u64, term: u64, data: &'static [u8]) -> Entry {
 #[test]
 fn fsync_failure_stops_the_wal_for_good() {
     let disk = SimDisk::new(3);
-    let (mut wal, _) = recover(&disk).expect("open");
+    let (mut wal, _) = recover(&disk, small_segments()).expect("open");
     wal.append(1, &[entry(1, 1, b"a"), entry(2, 1, b"b")]).expect("append");
     let durable = wal.sync().expect("sync");
     wal.append(1, &[entry(3, 1, b"c")]).expect("append");
@@ -355,7 +376,8 @@ fn fsync_failure_stops_the_wal_for_good() {
     drop(wal);
 
     disk.crash();
-    let (_, recovered) = recover(&disk).expect("recovery after the node restarts");
+    let (_, recovered) =
+        recover(&disk, small_segments()).expect("recovery after the node restarts");
     let entries = &recovered.groups[&1].entries;
     assert!(entries.len() == 2 || entries.len() == 3, "{entries:?}");
     assert_eq!(entries[..2], [entry(1, 1, b"a"), entry(2, 1, b"b")]);
@@ -364,7 +386,7 @@ fn fsync_failure_stops_the_wal_for_good() {
 #[test]
 fn disk_full_rejects_the_batch_and_keeps_everything_before() {
     let disk = SimDisk::new(4);
-    let (mut wal, _) = recover(&disk).expect("open");
+    let (mut wal, _) = recover(&disk, small_segments()).expect("open");
     wal.append(1, &[entry(1, 1, b"one"), entry(2, 1, b"two"), entry(3, 1, b"three")])
         .expect("append");
     wal.set_hard_state(1, HardState { term: 1, vote: Some(1), commit: 2 }).expect("hs");
@@ -394,7 +416,7 @@ fn disk_full_rejects_the_batch_and_keeps_everything_before() {
     drop(wal);
 
     disk.crash_with(CrashMode::KeepUnsynced);
-    let (_, recovered) = recover(&disk).expect("recover");
+    let (_, recovered) = recover(&disk, small_segments()).expect("recover");
     assert_eq!(recovered.groups.len(), 1);
     let g = &recovered.groups[&1];
     assert_eq!(
@@ -407,10 +429,15 @@ fn disk_full_rejects_the_batch_and_keeps_everything_before() {
 
 #[test]
 fn disk_full_with_a_capacity_leaves_a_recoverable_log() {
+    disk_full_with_a_capacity_leaves_a_recoverable_log_with(small_segments());
+    disk_full_with_a_capacity_leaves_a_recoverable_log_with(reserved_segments());
+}
+
+fn disk_full_with_a_capacity_leaves_a_recoverable_log_with(opts: WalOptions) {
     // Fill the disk through the normal path until a batch is refused, many times over.
     let script = script(21, 80, 3);
     let disk = SimDisk::new(9);
-    let (mut wal, _) = recover(&disk).expect("open");
+    let (mut wal, _) = recover(&disk, opts.clone()).expect("open");
     disk.set_capacity(Some(disk.used_bytes() + 3000));
     let mut model = Model::new();
     let mut rejected = 0;
@@ -431,7 +458,7 @@ fn disk_full_with_a_capacity_leaves_a_recoverable_log() {
     assert!(rejected > 0, "the capacity must be reached");
     drop(wal);
     disk.crash_with(CrashMode::Random);
-    let (_, recovered) = recover(&disk).expect("recovery after disk full");
+    let (_, recovered) = recover(&disk, opts.clone()).expect("recovery after disk full");
     assert_eq!(model_of(&recovered), model);
 }
 
@@ -446,7 +473,7 @@ fn segment_files(disk: &SimDisk, dir: &Path) -> Vec<String> {
 #[test]
 fn rotation_and_gc_keep_every_group_state() {
     let disk = SimDisk::new(8);
-    let (mut wal, _) = recover(&disk).expect("open");
+    let (mut wal, _) = recover(&disk, small_segments()).expect("open");
     // Group 1 sets a hard state and a snapshot once, then stays idle: its state must survive the
     // deletion of the segments that recorded it.
     wal.set_hard_state(1, HardState { term: 5, vote: Some(2), commit: 0 }).expect("hs");
@@ -491,7 +518,7 @@ fn rotation_and_gc_keep_every_group_state() {
     drop(wal);
 
     disk.crash_with(CrashMode::LoseUnsynced);
-    let (_, recovered) = recover(&disk).expect("recover");
+    let (_, recovered) = recover(&disk, small_segments()).expect("recover");
     let g1 = &recovered.groups[&1];
     assert_eq!(g1.hard_state, Some(HardState { term: 5, vote: Some(2), commit: 0 }));
     assert_eq!(g1.snapshot, Some(meta1));
@@ -508,7 +535,7 @@ fn rotation_and_gc_keep_every_group_state() {
 #[test]
 fn removed_groups_release_their_segments() {
     let disk = SimDisk::new(12);
-    let (mut wal, _) = recover(&disk).expect("open");
+    let (mut wal, _) = recover(&disk, small_segments()).expect("open");
     for i in 1..=50u64 {
         wal.append(
             7,
@@ -533,14 +560,14 @@ fn removed_groups_release_their_segments() {
     }
     assert!(wal.segments().len() <= 2, "{:?}", wal.segments());
     drop(wal);
-    let (_, recovered) = recover(&disk).expect("recover");
+    let (_, recovered) = recover(&disk, small_segments()).expect("recover");
     assert_eq!(recovered.groups.keys().copied().collect::<Vec<_>>(), vec![8]);
 }
 
 #[test]
 fn invalid_operations_are_refused_without_writing() {
     let disk = SimDisk::new(13);
-    let (mut wal, _) = recover(&disk).expect("open");
+    let (mut wal, _) = recover(&disk, small_segments()).expect("open");
     wal.append(1, &[entry(1, 1, b"a"), entry(2, 1, b"b")]).expect("append");
     let gap = wal.append(1, &[entry(5, 1, b"e")]).expect_err("gap");
     assert!(matches!(gap, WalError::Invalid { group: 1, .. }), "{gap}");

@@ -44,7 +44,7 @@ fn disk_with(files: &Files) -> SimDisk {
 }
 
 fn open(disk: &SimDisk, segment_bytes_max: u64) -> Result<(Wal, Recovered), WalError> {
-    Wal::open(Arc::new(disk.clone()), dir(), WalOptions { segment_bytes_max })
+    Wal::open(Arc::new(disk.clone()), dir(), WalOptions { segment_bytes_max, preallocate: false })
 }
 
 /// Offsets where each record of a segment starts (after the header), and the file end.
@@ -265,18 +265,29 @@ fn torn_tail_at_every_offset_recovers_the_prefix() {
 }
 
 #[test]
-fn zeroed_tail_is_torn_but_garbage_is_corruption() {
+fn zeroed_tail_is_unused_or_torn_but_garbage_is_corruption() {
     let (disk, ops) = small_log();
     let files = files_of(&disk);
     let last_name = files.keys().last().expect("segments").clone();
     let len = files[&last_name].len();
 
-    // Zeros after the end: space allocated but never written.
+    // Zeros right after the last whole record: space reserved but never written. The log
+    // ends there; nothing is torn, nothing is cut, and the next append goes there.
     let mut zeros = files.clone();
     zeros.get_mut(&last_name).expect("file").extend_from_slice(&[0u8; 700]);
-    let (_, recovered) = open(&disk_with(&zeros), 400).expect("zeroed tail is torn");
-    assert_eq!(recovered.torn_tail.map(|t| t.offset), Some(len as u64));
+    let reserved = disk_with(&zeros);
+    let (mut wal, recovered) = open(&reserved, 1 << 20).expect("a reserved tail is no damage");
+    assert_eq!(recovered.torn_tail, None);
     assert_eq!(recovered.groups, expected_upto(&ops, Lsn::MAX));
+    let path = dir().join(&last_name);
+    assert_eq!(reserved.file_content(&path).map(|c| c.len()), Some(len + 700), "kept reserved");
+    wal.append(7, &[entry(1, 1, b"into reserved space")]).expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    assert_eq!(reserved.file_content(&path).map(|c| c.len()), Some(len + 700), "written inside");
+    let (_, again) = open(&reserved, 1 << 20).expect("reopen");
+    assert_eq!(again.groups[&7].entries.len(), 1);
+    assert_eq!(again.torn_tail, None);
 
     // A last record that spans a sector boundary, whose sectors from there on were never
     // written (the file length was, as some file systems allow).
@@ -302,6 +313,23 @@ fn zeroed_tail_is_torn_but_garbage_is_corruption() {
     assert_eq!(recovered.torn_tail.map(|t| t.offset), Some(last_record as u64));
     assert_eq!(recovered.groups[&1].entries, vec![entry(1, 1, b"kept")]);
     assert_eq!(recovered.durable_lsn, kept_lsn);
+
+    // A whole last record with a flipped bit, then reserved zeros: every sector of the record
+    // holds data, so it was written and may have been acknowledged. Damage, not a tear — in
+    // the payload and in the header alike.
+    let last_start = *record_starts(&files[&last_name]).last().expect("records");
+    for (what, at) in [("payload", len - 6), ("header", last_start + 6)] {
+        let mut flipped = zeros.clone();
+        flipped.get_mut(&last_name).expect("file")[at] ^= 0x10;
+        match open(&disk_with(&flipped), 1 << 20) {
+            Err(WalError::Corrupt { offset, .. }) => {
+                assert_eq!(offset, last_start as u64, "{what}")
+            }
+            other => {
+                panic!("{what}: expected corruption, got {:?}", other.map(|(_, r)| r.torn_tail))
+            }
+        }
+    }
 
     // Non-zero bytes that are not a record cannot come from a torn append: refuse.
     let mut garbage = files.clone();
@@ -549,7 +577,7 @@ fn write_fixture(dir: &Path) {
     let (mut wal, _) = Wal::open(
         Arc::new(RealDisk::new()),
         dir,
-        WalOptions { segment_bytes_max: FIXTURE_SEGMENT_BYTES },
+        WalOptions { segment_bytes_max: FIXTURE_SEGMENT_BYTES, preallocate: false },
     )
     .expect("open");
     let batches = vec![
@@ -640,7 +668,7 @@ fn fixture_v1_recovers_exactly() {
     let (_, recovered) = Wal::open(
         Arc::new(RealDisk::new()),
         &copy,
-        WalOptions { segment_bytes_max: FIXTURE_SEGMENT_BYTES },
+        WalOptions { segment_bytes_max: FIXTURE_SEGMENT_BYTES, preallocate: false },
     )
     .expect("the version-1 fixture must open");
     let mut expected = BTreeMap::new();

@@ -29,8 +29,12 @@ fn append(group: u64, index: u64, data: &[u8]) -> WalOp {
 #[test]
 fn concurrent_writers_are_all_durable_and_share_fsyncs() {
     let disk = SimDisk::new(1);
-    let (wal, _) = Wal::open(Arc::new(disk.clone()), dir(), WalOptions { segment_bytes_max: 4096 })
-        .expect("open");
+    let (wal, _) = Wal::open(
+        Arc::new(disk.clone()),
+        dir(),
+        WalOptions { segment_bytes_max: 4096, preallocate: false },
+    )
+    .expect("open");
     let writer = Arc::new(
         WalWriter::start(wal, WriterOptions { queue_capacity: 8, ..Default::default() })
             .expect("start"),
@@ -129,7 +133,8 @@ fn fsync_failure_fails_every_later_submission() {
 #[test]
 fn disk_full_fails_the_round_and_the_writer_goes_on() {
     let disk = SimDisk::new(4);
-    let (wal, _) = Wal::open(Arc::new(disk.clone()), dir(), WalOptions::default()).expect("open");
+    let growing = WalOptions { preallocate: false, ..WalOptions::default() };
+    let (wal, _) = Wal::open(Arc::new(disk.clone()), dir(), growing).expect("open");
     let writer = WalWriter::start(wal, WriterOptions::default()).expect("start");
     writer.write(vec![append(1, 1, b"a")]).expect("write");
     disk.set_full(true);
@@ -146,6 +151,28 @@ fn disk_full_fails_the_round_and_the_writer_goes_on() {
 }
 
 #[test]
+fn reserved_space_takes_appends_while_the_disk_is_full() {
+    // A segment reserves its size when created, so a full disk refuses only the next
+    // segment (rotation is postponed, not fatal), never an append that fits the reservation.
+    let disk = SimDisk::new(6);
+    let opts = WalOptions { segment_bytes_max: 4096, preallocate: true };
+    let (wal, _) = Wal::open(Arc::new(disk.clone()), dir(), opts.clone()).expect("open");
+    let writer = WalWriter::start(wal, WriterOptions::default()).expect("start");
+    disk.set_full(true);
+    for i in 1..=20u64 {
+        writer.write(vec![append(1, i, &[i as u8; 100])]).expect("append into reserved space");
+    }
+    let err = (21..=200u64)
+        .find_map(|i| writer.write(vec![append(1, i, &[i as u8; 100])]).err())
+        .expect("the disk stays full past the reservation");
+    assert!(matches!(err, WalError::DiskFull { .. }), "{err}");
+    disk.set_full(false);
+    drop(writer);
+    let (_, recovered) = Wal::open(Arc::new(disk), dir(), opts).expect("recover");
+    assert!(recovered.groups[&1].entries.len() >= 20);
+}
+
+#[test]
 fn a_panicking_callback_does_not_stop_the_writer() {
     let disk = SimDisk::new(5);
     let (wal, _) = Wal::open(Arc::new(disk), dir(), WalOptions::default()).expect("open");
@@ -158,9 +185,12 @@ fn a_panicking_callback_does_not_stop_the_writer() {
 fn real_disk_writer_round_trip() {
     let path = std::env::temp_dir().join(format!("qkv-wal-writer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&path);
-    let (wal, recovered) =
-        Wal::open(Arc::new(RealDisk::new()), &path, WalOptions { segment_bytes_max: 2048 })
-            .expect("open");
+    let (wal, recovered) = Wal::open(
+        Arc::new(RealDisk::new()),
+        &path,
+        WalOptions { segment_bytes_max: 2048, preallocate: true },
+    )
+    .expect("open");
     assert!(recovered.groups.is_empty());
     let writer = WalWriter::start(wal, WriterOptions::default()).expect("start");
     for i in 1..=100u64 {
@@ -170,10 +200,19 @@ fn real_disk_writer_round_trip() {
     assert_eq!(stats.fsyncs, 100);
     assert!(stats.segments_created > 1, "segments rotate: {stats:?}");
     drop(writer);
-    let (wal, recovered) =
-        Wal::open(Arc::new(RealDisk::new()), &path, WalOptions { segment_bytes_max: 2048 })
-            .expect("reopen");
+    let (wal, recovered) = Wal::open(
+        Arc::new(RealDisk::new()),
+        &path,
+        WalOptions { segment_bytes_max: 2048, preallocate: true },
+    )
+    .expect("reopen");
     assert_eq!(recovered.groups[&9].entries.len(), 100);
+    // The newest segment ends in space reserved at its creation: the end of the log, not a
+    // torn write, and it stays reserved.
+    assert_eq!(recovered.torn_tail, None);
+    let newest = wal.segments().last().copied().expect("a segment");
+    let newest = path.join(format!("wal-{newest:020}.log"));
+    assert!(std::fs::metadata(&newest).expect("newest segment").len() >= 2048);
     assert!(wal.segments().len() > 1);
     drop(wal);
     std::fs::remove_dir_all(&path).expect("cleanup");

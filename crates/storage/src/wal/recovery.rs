@@ -4,13 +4,17 @@
 //! - Segments must be numbered without gaps, each must open with a valid header and a
 //!   checkpoint, and record LSNs must increase: anything else is reported, never skipped.
 //! - Only the newest segment may end in a torn write. A damaged record there counts as torn when
-//!   no valid record follows it and either the file ends inside it, or the file ends in zeros
-//!   from a 512-byte sector boundary at or after its start (sectors that were never written).
-//!   Anything else, including a flipped bit in a complete last record, is [`WalError::Corrupt`]:
+//!   no valid record follows it and either the file ends inside it, or the file is zeros from a
+//!   512-byte sector boundary inside the record (inside its header, if the header is what fails)
+//!   to its end: sectors of it that were never written. Anything else, including a flipped bit
+//!   in a complete last record with unused reserved space after it, is [`WalError::Corrupt`]:
 //!   such a record may have been acknowledged, and dropping it silently could lose a commit.
 //! - A newest segment whose header or first checkpoint never became durable is removed: nothing
 //!   in it can have been acknowledged, since a segment's start is synced before anything else
 //!   is written to it.
+//! - The newest segment may end in zeros right after a whole record: space reserved when the
+//!   segment was created ([`WalOptions::preallocate`]) and not yet written. That is the end of
+//!   the log, not a torn write; nothing is cut and later appends go there.
 //! - Entry data in the result are zero-copy slices of the segment buffers read from disk.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -178,15 +182,17 @@ fn corrupt(path: &Path, offset: usize, reason: impl Into<String>) -> WalError {
     WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason: reason.into() }
 }
 
-/// True if `data` from `pos` on ends in zeros that start at or before a sector boundary that
-/// lies inside it: the look of sectors that were allocated but never written.
-fn zero_tail(data: &[u8], pos: usize) -> bool {
+/// True if `data` is zeros from a sector boundary strictly inside `pos..pos + extent` to its
+/// end (or from `pos` on): the look of a structure at `pos`, `extent` bytes long, whose sectors
+/// from that boundary on were never written. A structure whose every sector holds data is
+/// whole, so a checksum failure there is damage, even with unused zeros after it.
+fn zeros_from_inside(data: &[u8], pos: usize, extent: usize) -> bool {
     let tail = data.get(pos..).unwrap_or_default();
     match tail.iter().rposition(|b| *b != 0) {
         None => true,
         Some(last_nonzero) => {
-            let zero_start = pos + last_nonzero + 1;
-            zero_start.next_multiple_of(SECTOR_BYTES) < data.len()
+            let boundary = (pos + last_nonzero + 1).next_multiple_of(SECTOR_BYTES);
+            boundary < pos.saturating_add(extent) && boundary < data.len()
         }
     }
 }
@@ -217,9 +223,15 @@ fn valid_record_after(data: &[u8], from: usize, last_lsn: Lsn) -> bool {
 /// Decides whether a record that failed to decode at `pos` of the newest segment is a torn
 /// write (see the module rules).
 fn is_torn(data: &[u8], pos: usize, err: &DecodeError, last_lsn: Lsn) -> bool {
+    let rest = data.get(pos..).unwrap_or_default();
     let shape_fits = match err {
         DecodeError::Incomplete => true,
-        DecodeError::HeaderChecksum | DecodeError::RecordChecksum => zero_tail(data, pos),
+        // The header is unreadable: only a tear inside the header itself explains that.
+        DecodeError::HeaderChecksum => zeros_from_inside(data, pos, codec::RECORD_HEADER_BYTES),
+        DecodeError::RecordChecksum => match codec::decode_record_header(rest) {
+            Ok(header) => zeros_from_inside(data, pos, header.record_len()),
+            Err(_) => false,
+        },
         DecodeError::Malformed(_) => false,
     };
     shape_fits && !valid_record_after(data, pos + 1, last_lsn)
@@ -238,7 +250,11 @@ fn scan_segment(
             return Err(corrupt(path, 0, format!("header says segment {found}, name says {seq}")));
         }
         Err(HeaderError::Incomplete) if is_last => return Ok(ScanEnd::Unborn),
-        Err(HeaderError::Checksum) if is_last && zero_tail(data, 0) => return Ok(ScanEnd::Unborn),
+        Err(HeaderError::Checksum)
+            if is_last && zeros_from_inside(data, 0, codec::SEGMENT_HEADER_BYTES) =>
+        {
+            return Ok(ScanEnd::Unborn);
+        }
         Err(HeaderError::Version(version)) => {
             return Err(WalError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -252,6 +268,10 @@ fn scan_segment(
     let mut first = true;
     while pos < data.len() {
         let rest = data.get(pos..).unwrap_or_default();
+        if is_last && !first && rest.iter().all(|b| *b == 0) {
+            // Space reserved when the segment was created and never written: the log ends here.
+            return Ok(ScanEnd::Complete(pos as u64));
+        }
         let header = match codec::decode_record(rest) {
             Ok((header, _)) => header,
             Err(e) => {
@@ -390,8 +410,9 @@ pub(super) fn open(
         codec::encode_checkpoint(&mut bytes, 0, std::iter::empty());
         let _ = codec::finish_record(&mut bytes, start);
         next_lsn += 1;
-        let file = write_new_segment(disk.as_ref(), &dir, &active_path, &bytes)
-            .map_err(|e| WalError::io("create segment", &active_path, e))?;
+        let file =
+            write_new_segment(disk.as_ref(), &dir, &active_path, &bytes, opts.reserve_bytes())
+                .map_err(|e| WalError::io("create segment", &active_path, e))?;
         metrics.segments_created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (file, bytes.len() as u64)
     } else {

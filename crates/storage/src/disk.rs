@@ -244,9 +244,15 @@ impl DiskFile for RealFile {
         }
         // Real blocks, not a sparse hole: a write into a hole allocates at fsync time, which
         // costs what preallocating is meant to save.
-        rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len)?;
-        self.len = len;
-        Ok(())
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) => {
+                self.len = len;
+                Ok(())
+            }
+            // A file system that cannot reserve space: carry on growing the file instead.
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

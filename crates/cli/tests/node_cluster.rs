@@ -221,16 +221,14 @@ async fn a_node_of_another_cluster_is_refused() {
     assert!(put_until(&c, "still", "fine", Instant::now() + Duration::from_secs(10)).await);
 }
 
+/// A counter or gauge of node `i` from its `/metrics` page.
+fn metric(c: &Cluster, i: usize, name: &str) -> Option<u64> {
+    let (_, body) = c.http(i, "/metrics")?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
 fn refused_handshakes(c: &Cluster) -> u64 {
-    (0..3)
-        .filter_map(|i| c.http(i, "/metrics"))
-        .flat_map(|(_, body)| {
-            body.lines()
-                .filter(|l| l.starts_with("quorumkv_peer_refused_handshakes_total "))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
+    (0..3).filter_map(|i| metric(c, i, "quorumkv_peer_refused_handshakes_total")).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,11 +323,6 @@ async fn metrics_expose_every_named_metric_and_probes_answer() {
         let s = c.status(i).expect("status json");
         assert_eq!(s["voters"].as_array().map(Vec::len), Some(3));
     }
-}
-
-fn metric(c: &Cluster, i: usize, name: &str) -> Option<u64> {
-    let (_, body) = c.http(i, "/metrics")?;
-    body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -207,7 +207,8 @@ pub enum MvccError {
     /// The store was written with a row layout this build does not know.
     #[error(
         "the state-machine store has layout version {found}, this build reads version \
-         {supported}: run a build that knows it, or rebuild this node's state from a peer"
+         {supported}: run a build that knows it, or rebuild this node's state from a peer; if \
+         its data is not needed (a demo cluster's ./quorumkv-data), remove the data directory"
     )]
     UnsupportedLayout {
         /// Layout version found in the store.

@@ -610,17 +610,18 @@ impl Group {
             let deadline = self.tick_epoch.checked_add(after).unwrap_or(self.tick_epoch);
             LeaseWindow { deadline, commit_index: lease.commit_index }
         });
-        let mut slot = self.shared.read_lease.write();
         if self.unsafe_lease_never_expires {
             // The planted bug: no end, and kept after losing leadership.
             if let Some(w) = window {
                 let forever = Instant::now() + Duration::from_secs(365 * 86_400);
-                *slot = Some(LeaseWindow { deadline: forever, ..w });
+                *self.shared.read_lease.write() = Some(LeaseWindow { deadline: forever, ..w });
             }
             return;
         }
-        if *slot != window {
-            *slot = window;
+        // Called every turn and every Ready: take the write lock (which stalls client tasks
+        // checking the lease) only when the window moved, as on each acknowledged round.
+        if *self.shared.read_lease.read() != window {
+            *self.shared.read_lease.write() = window;
         }
     }
 

@@ -752,7 +752,7 @@ impl Raft {
 
     /// True if a lease read would be served right now without a heartbeat round.
     pub fn lease_valid(&self) -> bool {
-        self.lease_usable()
+        self.read_lease().is_some_and(|lease| self.tick_count < lease.until_tick)
     }
 
     /// The leader's read lease as a driver with its own clock serves reads from it: reads may
@@ -1413,16 +1413,12 @@ impl Raft {
 
     // ----- reads --------------------------------------------------------------------------
 
-    fn lease_usable(&self) -> bool {
-        self.read_lease().is_some_and(|lease| self.tick_count < lease.until_tick)
-    }
-
     fn leader_read(&mut self, id: ReadId, from: Option<NodeId>) -> Result<(), RaftError> {
         let committed = self.log.committed;
         let committed_in_term = self.log.term(committed) == Some(self.term);
         let single_voter = self.quorum.voters() == [self.cfg.id];
         let max = self.cfg.max_pending_reads;
-        let lease = self.lease_usable();
+        let lease = self.lease_valid();
         let RoleState::Leader(l) = &mut self.role else {
             return Err(RaftError::NotLeader { leader: self.leader });
         };

@@ -80,20 +80,24 @@ impl ReadMode {
         flags
     }
 
-    /// What the report says about this mode, if anything.
-    pub fn note(&self) -> Option<&'static str> {
+    /// What the report says about this mode: a short label for its title line and a note,
+    /// if the mode is not the default.
+    pub fn describe(&self) -> Option<(&'static str, &'static str)> {
         if self.unsafe_stale_reads {
-            Some(
+            Some((
+                "<b>UNSAFE: every node served linearizable reads from local state</b>",
                 "This run used --unsafe-stale-reads: every node answered linearizable reads from its local state without ReadIndex, so stale reads are expected.",
-            )
+            ))
         } else if self.unsafe_lease_never_expires {
-            Some(
+            Some((
+                "<b>UNSAFE: read leases never ended</b>",
                 "This run used --unsafe-lease-never-expires: a leader's read lease never ended, not even after it lost leadership, so stale reads are expected.",
-            )
+            ))
         } else if self.lease_reads {
-            Some(
+            Some((
+                "lease reads",
                 "This run used --lease-reads: leaders answered linearizable reads under their read lease, without a heartbeat round.",
-            )
+            ))
         } else {
             None
         }

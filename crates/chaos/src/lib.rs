@@ -441,7 +441,7 @@ async fn run_inner(
     drop(c);
     let mut notes = vec![report::NOT_TESTED.to_string()];
     notes.push("Client requests a follower forwards to the leader's client port are not proxied: partitions cut Raft traffic only.".into());
-    notes.extend(opts.reads.note().map(String::from));
+    notes.extend(opts.reads.describe().map(|(_, note)| note.to_string()));
     let samples = std::mem::take(&mut *ctx.samples.lock());
     let summary = Summary {
         verdict,

@@ -440,15 +440,7 @@ code{{background:#f4f4f4;padding:1px 4px}} .note{{background:#fff8e1;border-left
         s.concurrency,
         s.duration_s,
         esc(&s.started_at),
-        if s.reads.unsafe_stale_reads {
-            " — <b>UNSAFE: every node served linearizable reads from local state</b>"
-        } else if s.reads.unsafe_lease_never_expires {
-            " — <b>UNSAFE: read leases never ended</b>"
-        } else if s.reads.lease_reads {
-            " — lease reads"
-        } else {
-            ""
-        }
+        s.reads.describe().map_or(String::new(), |(label, _)| format!(" — {label}"))
     );
     let _ = write!(
         out,

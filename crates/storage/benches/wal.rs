@@ -5,6 +5,8 @@
 //!   sending the next (a Raft group waiting for its append); window w: up to w submissions in
 //!   flight per appender (a pipelining leader). After each case a line reports MB/s, entries per
 //!   fsync and the mean fsync time.
+//! - `wal_reserve/{reserved,growing}`: one appender, 100-byte entries, window 1, into segments
+//!   reserved when created (the default) and into segments that grow with each append.
 //! - `wal_recovery/<MiB>`: time to open a log of that size (default 64 MiB; set
 //!   `QUORUMKV_WAL_BENCH_RECOVERY_MIB=1024` for 1 GiB). The files are in the page cache.
 //!
@@ -81,76 +83,100 @@ fn bench_append(c: &mut Criterion) {
     let cases = [(1u64, 1u64), (16, 1), (256, 1), (16, 16), (256, 8)];
     for size in [100usize, 4096] {
         for (appenders, window) in cases {
-            let dir = bench_dir(&format!("append-{size}-{appenders}-{window}"));
-            let (wal, _) =
-                Wal::open(Arc::new(RealDisk::new()), &dir, WalOptions::default()).expect("open");
-            let writer = Arc::new(
-                WalWriter::start(wal, WriterOptions { queue_capacity: 1024, ..Default::default() })
-                    .expect("start"),
+            let id = BenchmarkId::new(
+                format!("{size}B"),
+                format!("{appenders}appenders_window{window}"),
             );
-            let data = Bytes::from(vec![0xABu8; size]);
-            let next: Arc<Vec<parking_lot::Mutex<u64>>> =
-                Arc::new((0..appenders).map(|_| parking_lot::Mutex::new(1)).collect());
-            let mut total_entries = 0u64;
-            let mut total_time = Duration::ZERO;
-            let before = writer.stats();
-            group.throughput(Throughput::Elements(1));
-            group.bench_function(
-                BenchmarkId::new(
-                    format!("{size}B"),
-                    format!("{appenders}appenders_window{window}"),
-                ),
-                |b| {
-                    b.iter_custom(|iters| {
-                        let per = iters.div_ceil(appenders).max(1);
-                        let start = Instant::now();
-                        std::thread::scope(|s| {
-                            for g in 0..appenders {
-                                let writer = writer.clone();
-                                let data = data.clone();
-                                let next = next.clone();
-                                s.spawn(move || {
-                                    let mut index = next[g as usize].lock();
-                                    appender(&writer, g, &mut index, per, &data, window);
-                                });
-                            }
-                        });
-                        let elapsed = start.elapsed();
-                        total_entries += per * appenders;
-                        total_time += elapsed;
-                        // Report time per entry as criterion expects for `iters` iterations.
-                        elapsed.mul_f64(iters as f64 / (per * appenders) as f64)
-                    });
-                },
-            );
-            let after = writer.stats();
-            let fsyncs = after.fsyncs - before.fsyncs;
-            let entries = after.entries - before.entries;
-            let secs = total_time.as_secs_f64().max(1e-9);
-            if total_entries == 0 {
-                // Filtered out on the command line.
-                let _ = std::fs::remove_dir_all(&dir);
-                continue;
-            }
-            eprintln!(
-                "    {size} B x {appenders} appenders, window {window}: {:.0} entries/s, {:.1} MB/s, {:.1} entries/fsync, \
-                 mean fsync {:.0} us, max {} entries in one fsync",
-                total_entries as f64 / secs,
-                total_entries as f64 * size as f64 / secs / 1e6,
-                entries as f64 / fsyncs.max(1) as f64,
-                (after.fsync_nanos_total - before.fsync_nanos_total) as f64
-                    / fsyncs.max(1) as f64
-                    / 1e3,
-                after.entries_per_fsync_max,
-            );
-            drop(Arc::into_inner(writer));
-            let _ = std::fs::remove_dir_all(&dir);
+            append_case(&mut group, id, WalOptions::default(), size, appenders, window);
         }
     }
     group.finish();
 }
 
-/// Writes about `mib` MiB of 100-byte entries over 64 groups, 1000 entries per sync.
+/// One appender waiting for each 100-byte entry, into segments reserved at creation (the
+/// node's default) and into segments that grow with every append: what the reservation saves
+/// per fsync.
+fn bench_reserve(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wal_reserve");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    for (name, preallocate) in [("reserved", true), ("growing", false)] {
+        let opts = WalOptions { preallocate, ..WalOptions::default() };
+        append_case(&mut group, BenchmarkId::from_parameter(name), opts, 100, 1, 1);
+    }
+    group.finish();
+}
+
+/// Runs one append case on a fresh log and prints its throughput and fsync figures.
+fn append_case(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    opts: WalOptions,
+    size: usize,
+    appenders: u64,
+    window: u64,
+) {
+    let reserved = opts.preallocate;
+    let dir = bench_dir(&format!("append-{size}-{appenders}-{window}-{reserved}"));
+    let (wal, _) = Wal::open(Arc::new(RealDisk::new()), &dir, opts).expect("open");
+    let writer = Arc::new(
+        WalWriter::start(wal, WriterOptions { queue_capacity: 1024, ..Default::default() })
+            .expect("start"),
+    );
+    let data = Bytes::from(vec![0xABu8; size]);
+    let next: Arc<Vec<parking_lot::Mutex<u64>>> =
+        Arc::new((0..appenders).map(|_| parking_lot::Mutex::new(1)).collect());
+    let mut total_entries = 0u64;
+    let mut total_time = Duration::ZERO;
+    let before = writer.stats();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let per = iters.div_ceil(appenders).max(1);
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for g in 0..appenders {
+                    let writer = writer.clone();
+                    let data = data.clone();
+                    let next = next.clone();
+                    s.spawn(move || {
+                        let mut index = next[g as usize].lock();
+                        appender(&writer, g, &mut index, per, &data, window);
+                    });
+                }
+            });
+            let elapsed = start.elapsed();
+            total_entries += per * appenders;
+            total_time += elapsed;
+            // Report time per entry as criterion expects for `iters` iterations.
+            elapsed.mul_f64(iters as f64 / (per * appenders) as f64)
+        });
+    });
+    let after = writer.stats();
+    let fsyncs = after.fsyncs - before.fsyncs;
+    let entries = after.entries - before.entries;
+    let secs = total_time.as_secs_f64().max(1e-9);
+    if total_entries > 0 {
+        // (Zero: filtered out on the command line.)
+        eprintln!(
+            "    {size} B x {appenders} appenders, window {window}, reserved {}: {:.0} entries/s, \
+             {:.1} MB/s, {:.1} entries/fsync, mean fsync {:.0} us, max {} entries in one fsync",
+            reserved,
+            total_entries as f64 / secs,
+            total_entries as f64 * size as f64 / secs / 1e6,
+            entries as f64 / fsyncs.max(1) as f64,
+            (after.fsync_nanos_total - before.fsync_nanos_total) as f64
+                / fsyncs.max(1) as f64
+                / 1e3,
+            after.entries_per_fsync_max,
+        );
+    }
+    drop(Arc::into_inner(writer));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn build_log(dir: &Path, mib: u64) -> u64 {
     let (mut wal, _) =
         Wal::open(Arc::new(RealDisk::new()), dir, WalOptions::default()).expect("open");
@@ -206,5 +232,5 @@ fn bench_recovery(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, bench_append, bench_recovery);
+criterion_group!(benches, bench_append, bench_reserve, bench_recovery);
 criterion_main!(benches);

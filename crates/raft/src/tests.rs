@@ -463,6 +463,22 @@ fn lease_read_answers_without_heartbeat_round_and_expires() {
     assert_eq!(c.nodes[&follower].read_lease(), None);
 }
 
+// §3.10 with §6.4.1: the transfer target campaigns past every follower's stickiness, so the
+// lease a driver serves reads from must be gone before `TimeoutNow` can leave.
+#[test]
+fn leadership_transfer_withdraws_the_read_lease_at_once() {
+    let mut c = Cluster::with(&[1, 2, 3], |cfg| cfg.lease_read_max_drift_ticks = Some(2));
+    c.tick_all(30);
+    let l = c.leaders()[0];
+    c.tick_all(3);
+    assert!(c.nodes[&l].read_lease().is_some_and(|r| r.until_tick > c.nodes[&l].tick_count()));
+    let target = *c.nodes.keys().find(|&&n| n != l).unwrap();
+    c.node(l).transfer_leader(target).unwrap();
+    // Before any message of the transfer is drained (the driver publishes before sending).
+    assert_eq!(c.nodes[&l].read_lease(), None);
+    assert!(!c.nodes[&l].lease_valid());
+}
+
 // §4.3: adding a voter goes through the joint configuration and back out.
 #[test]
 fn membership_4_3_add_learner_promote_remove() {

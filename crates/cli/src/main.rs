@@ -12,6 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// quorumkv: a distributed key-value database that proves what it promises.
 #[derive(Parser, Debug)]
 #[command(name = "quorumkv", version, about, long_about = None)]

@@ -24,6 +24,9 @@ use quorumkv_storage::mvcc::{
 
 const BATCH: u64 = 1_000;
 
+/// The watch benches' watchers ask for no prev_kv, so the hub never reads this store.
+static NO_STORE: std::sync::LazyLock<MemStore> = std::sync::LazyLock::new(MemStore::new);
+
 fn put_cmd(session: u64, seq: u64, i: u64) -> Vec<u8> {
     let req = PutRequest {
         key: Bytes::from(format!("key/{:06}", i % 10_000)),
@@ -211,7 +214,7 @@ fn watch_fanout(c: &mut Criterion) {
                         },
                         prev_kv: None,
                     };
-                    hub.on_commit(rev, std::slice::from_ref(&ev));
+                    hub.on_commit(&*NO_STORE, rev, std::slice::from_ref(&ev));
                     if rev % 10 == 0 {
                         delivered += hub.poll(1024).iter().map(|b| b.events.len()).sum::<usize>();
                     }
@@ -253,7 +256,7 @@ fn watch_fanout(c: &mut Criterion) {
                     },
                     prev_kv: None,
                 };
-                hub.on_commit(rev, std::slice::from_ref(&ev));
+                hub.on_commit(&*NO_STORE, rev, std::slice::from_ref(&ev));
             }
             hub.poll(usize::MAX).len()
         });

@@ -200,7 +200,7 @@ impl<'a, T: MvccTxn> Exec<'a, T> {
         };
         let replaced = self.txn.put(&p.key, &value, lease)?;
         self.changed = true;
-        if let Some(old) = &replaced
+        if let Some(old) = replaced
             && old.lease != 0
         {
             self.effects.push(Effect::Detach(old.lease, p.key.clone()));
@@ -210,7 +210,8 @@ impl<'a, T: MvccTxn> Exec<'a, T> {
         }
         Ok(PutResponse {
             header: Some(header(self.base_revision + 1)),
-            prev_kv: if p.prev_kv { replaced.map(to_pb_kv) } else { None },
+            // `prev` is the version `put` replaced: read in this transaction just before.
+            prev_kv: if p.prev_kv { prev.map(to_pb_kv) } else { None },
         })
     }
 

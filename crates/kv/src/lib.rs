@@ -16,7 +16,7 @@
 //! 1. Open the store, `StateMachine::open(store, config)`, a `WatchHub::new(sm.revision(), ..)`
 //!    and a `LeaseClock` seeded with `clock.sync_with(sm.leases(), now)`.
 //! 2. For each committed entry, in order: `sm.apply(index, &data)`. On `Ok(outcome)`:
-//!    `hub.on_commit(outcome.revision, &outcome.events)`, `clock.on_changes(&outcome.
+//!    `hub.on_commit(&**sm.store(), outcome.revision, &outcome.events)`, `clock.on_changes(&outcome.
 //!    lease_changes, now)`, answer the waiting client (if this node proposed the entry) with
 //!    `outcome.result`. On `Err(e)` with `e.is_deterministic()`: answer the client with
 //!    `e.etcd()` (message and gRPC code). Any other `Err`: stop the node.

@@ -123,7 +123,9 @@ pub struct ApplyOutcome {
     pub result: CommandResult,
     /// Store revision after the command.
     pub revision: i64,
-    /// The changes it made, in order (all at `revision`), for the watch hub.
+    /// The changes it made, in order (all at `revision`), for the watch hub. A put's event
+    /// carries no `prev_kv` (that would cost every put a row read): the hub reads it for the
+    /// watchers that ask for it.
     pub events: Vec<Event>,
     /// Lease grants and revocations it made, for the lease clocks.
     pub lease_changes: Vec<LeaseChange>,
@@ -235,6 +237,8 @@ impl<S: MvccStore> StateMachine<S> {
     ) -> Result<Vec<Result<ApplyOutcome, ApplyError>>, ApplyError> {
         let store = Arc::clone(&self.store);
         let mut txn = store.write_txn().map_err(ApplyError::Store)?;
+        // A put then reads no row; the watch hub reads prev_kv for the watchers that want it.
+        txn.set_events_carry_prev_kv(false);
         let mut outcomes = Vec::with_capacity(entries.len());
         for &(index, data) in entries {
             match self.apply_entry(&mut txn, index, data) {

@@ -36,7 +36,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use bytes::Bytes;
 use quorumkv_etcd_proto::etcdserverpb::watch_create_request::FilterType;
 use quorumkv_etcd_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchResponse};
-use quorumkv_storage::mvcc::{Event, EventKind, MvccError, MvccStore};
+use quorumkv_storage::mvcc::{Event, EventKind, KeyValue, MvccError, MvccStore, RangeOptions};
 
 use crate::read::to_pb_event;
 
@@ -204,6 +204,7 @@ impl Watcher {
         }
     }
 
+    /// The copy of a store event (`events_since` fills prev_kv) this watcher gets.
     fn copy_of(&self, ev: &Event) -> Event {
         Event {
             kind: ev.kind,
@@ -211,6 +212,23 @@ impl Watcher {
             prev_kv: if self.spec.prev_kv { ev.prev_kv.clone() } else { None },
         }
     }
+}
+
+/// The version `events[i]` replaced, for a watcher that asks for `prev_kv`. A delete's event
+/// carries it; a put's does not when the state machine spared it the row read (see
+/// `ApplyOutcome::events`), so it comes from an earlier change of the key in the same
+/// commit, or else from the store at the revision before (etcd's watch reads it the same
+/// way). None for a create, and when that revision is compacted meanwhile.
+fn prev_kv_of<S: MvccStore + ?Sized>(store: &S, events: &[Event], i: usize) -> Option<KeyValue> {
+    let ev = &events[i];
+    if ev.prev_kv.is_some() || ev.kind == EventKind::Delete || ev.kv.version <= 1 {
+        return ev.prev_kv.clone();
+    }
+    if let Some(earlier) = events[..i].iter().rev().find(|e| e.kv.key == ev.kv.key) {
+        return (earlier.kind == EventKind::Put).then(|| earlier.kv.clone());
+    }
+    let opts = RangeOptions { revision: ev.kv.mod_revision - 1, ..RangeOptions::default() };
+    store.range(&ev.kv.key, &[], &opts).ok().and_then(|r| r.kvs.into_iter().next())
 }
 
 /// The watchers of one store.
@@ -375,7 +393,7 @@ impl WatchHub {
     /// come in revision order; one that skips revisions sends every synced watcher back to
     /// the store for what it missed. Commits that changed no key (no events) may be skipped
     /// or fed alike.
-    pub fn on_commit(&mut self, revision: i64, events: &[Event]) {
+    pub fn on_commit<S: MvccStore + ?Sized>(&mut self, store: &S, revision: i64, events: &[Event]) {
         if events.is_empty() || revision <= self.fed_revision {
             return;
         }
@@ -391,7 +409,9 @@ impl WatchHub {
         self.fed_revision = revision;
         let mut touched: Vec<(WatchId, usize)> = Vec::new();
         let mut scratch = std::mem::take(&mut self.scratch);
-        for ev in events {
+        // Each event's prev_kv, read once, when a watcher first asks for it.
+        let mut prev_kvs: Vec<Option<Option<KeyValue>>> = vec![None; events.len()];
+        for (i, ev) in events.iter().enumerate() {
             scratch.clear();
             if let Some(ids) = self.exact.get(&ev.kv.key) {
                 scratch.extend_from_slice(ids);
@@ -408,8 +428,12 @@ impl WatchHub {
                     w.touched_rev = revision;
                     touched.push((*id, w.outbox.len()));
                 }
-                let copy = w.copy_of(ev);
-                w.outbox.push_back(copy);
+                let prev_kv = if w.spec.prev_kv {
+                    prev_kvs[i].get_or_insert_with(|| prev_kv_of(store, events, i)).clone()
+                } else {
+                    None
+                };
+                w.outbox.push_back(Event { kind: ev.kind, kv: ev.kv.clone(), prev_kv });
             }
         }
         self.scratch = scratch;
@@ -729,6 +753,48 @@ impl RangeIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quorumkv_storage::mvcc::{MemStore, MvccTxn};
+
+    /// A put event's missing prev_kv comes from an earlier change of the key in the same
+    /// commit, else from the store at the revision before; a create has none.
+    #[test]
+    fn prev_kv_is_filled_from_the_commit_and_the_store() {
+        let store = MemStore::new();
+        let mut txn = store.write_txn().expect("txn");
+        txn.put(b"a", b"1", 0).expect("put");
+        txn.commit(1).expect("commit");
+        let mut hub = WatchHub::new(store.current_revision(), WatchConfig::default());
+        let spec = WatchSpec {
+            key: Bytes::from_static(b"a"),
+            range_end: Bytes::from_static(b"\0"),
+            prev_kv: true,
+            ..WatchSpec::default()
+        };
+        hub.watch(1, spec).expect("watch");
+        let kv = |key: &'static [u8], value: &'static [u8], version: i64| KeyValue {
+            key: Bytes::from_static(key),
+            create_revision: 2,
+            mod_revision: 3,
+            version,
+            lease: 0,
+            value: Bytes::from_static(value),
+        };
+        let put = |kv: KeyValue| Event { kind: EventKind::Put, kv, prev_kv: None };
+        // Two changes of one key in one commit (the store's own rules allow it).
+        let events = [put(kv(b"a", b"2", 2)), put(kv(b"a", b"3", 3)), put(kv(b"b", b"1", 1))];
+        hub.on_commit(&store, 3, &events);
+        let got: Vec<Option<Bytes>> = hub
+            .poll(16)
+            .into_iter()
+            .flat_map(|b| b.events)
+            .map(|e| e.prev_kv.map(|p| p.value))
+            .collect();
+        assert_eq!(
+            got,
+            vec![Some(Bytes::from_static(b"1")), Some(Bytes::from_static(b"2")), None],
+            "prev of the first from the store, of the second from the commit, none for a create"
+        );
+    }
 
     #[test]
     fn range_index_matches_a_scan() {

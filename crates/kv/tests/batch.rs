@@ -361,7 +361,7 @@ mod failing {
     use quorumkv_core::LogIndex;
     use quorumkv_storage::mvcc::{
         CommitResult, EventBatch, ImageSource, KeyValue, MemImage, MvccError, MvccStore, MvccTxn,
-        RangeOptions, RangeResult, SealResult, StoreStats,
+        RangeOptions, RangeResult, Replaced, SealResult, StoreStats,
     };
     use std::sync::atomic::Ordering;
 
@@ -375,8 +375,11 @@ mod failing {
         fn range(&self, k: &[u8], e: &[u8], o: &RangeOptions) -> Result<RangeResult, MvccError> {
             self.inner.range(k, e, o)
         }
-        fn put(&mut self, k: &[u8], v: &[u8], l: i64) -> Result<Option<KeyValue>, MvccError> {
+        fn put(&mut self, k: &[u8], v: &[u8], l: i64) -> Result<Option<Replaced>, MvccError> {
             self.inner.put(k, v, l)
+        }
+        fn set_events_carry_prev_kv(&mut self, on: bool) {
+            self.inner.set_events_carry_prev_kv(on);
         }
         fn delete_range(&mut self, k: &[u8], e: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
             self.inner.delete_range(k, e)

@@ -11,7 +11,7 @@ use common::*;
 use proptest::prelude::*;
 use quorumkv_kv::proto::etcdserverpb::{CompactionRequest, TxnRequest};
 use quorumkv_kv::{Request, WatchBatch, WatchConfig, WatchHub, WatchId, WatchSpec};
-use quorumkv_storage::mvcc::{Event, EventKind, MemStore, MvccStore};
+use quorumkv_storage::mvcc::{Event, EventKind, KeyValue, MemStore, MvccStore};
 
 /// What the model knows of one watcher.
 struct Model {
@@ -59,6 +59,9 @@ struct World {
     h: Harness<MemStore>,
     hub: WatchHub,
     history: Vec<Event>,
+    /// Each live key's latest version, from the events themselves: the model's own source
+    /// of prev_kv (the state machine's put events leave it out).
+    latest: BTreeMap<Bytes, KeyValue>,
     models: BTreeMap<WatchId, Model>,
     next_id: WatchId,
 }
@@ -67,13 +70,35 @@ impl World {
     fn new(max_buffered_events: usize) -> Self {
         let h = Harness::new(MemStore::new());
         let hub = WatchHub::new(h.sm.revision(), WatchConfig { max_buffered_events });
-        Self { h, hub, history: Vec::new(), models: BTreeMap::new(), next_id: 1 }
+        Self {
+            h,
+            hub,
+            history: Vec::new(),
+            latest: BTreeMap::new(),
+            models: BTreeMap::new(),
+            next_id: 1,
+        }
     }
 
     fn apply(&mut self, req: Request) {
         if let Ok(out) = self.h.apply_in(0, 0, req) {
-            self.hub.on_commit(out.revision, &out.events);
-            self.history.extend(out.events);
+            self.hub.on_commit(&**self.h.sm.store(), out.revision, &out.events);
+            self.record_history(out.events);
+        }
+    }
+
+    /// Adds events to the history with the prev_kv the model knows for them.
+    fn record_history(&mut self, events: Vec<Event>) {
+        for mut e in events {
+            let prev = match e.kind {
+                EventKind::Put => self.latest.insert(e.kv.key.clone(), e.kv.clone()),
+                EventKind::Delete => self.latest.remove(&e.kv.key),
+            };
+            if e.kind == EventKind::Delete {
+                assert_eq!(e.prev_kv, prev, "a delete's event carries the version it removed");
+            }
+            e.prev_kv = prev;
+            self.history.push(e);
         }
     }
 
@@ -349,7 +374,7 @@ fn reset_after_a_snapshot_sends_watchers_back_to_the_store() {
     // Simulate commits the hub never saw (as after installing a snapshot).
     for i in 0..5 {
         let out = w.h.apply_in(0, 0, put("b", &format!("{i}"))).unwrap();
-        w.history.extend(out.events);
+        w.record_history(out.events);
     }
     w.hub.reset(w.h.sm.revision());
     assert!(!w.hub.is_synced(id));

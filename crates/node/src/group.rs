@@ -987,7 +987,11 @@ impl Group {
         for (e, result) in commands.zip(outcomes) {
             if let Ok(outcome) = &result {
                 if !outcome.events.is_empty() {
-                    self.shared.hub.lock().on_commit(outcome.revision, &outcome.events);
+                    self.shared.hub.lock().on_commit(
+                        &*self.shared.store,
+                        outcome.revision,
+                        &outcome.events,
+                    );
                 }
                 self.lease_clock.on_changes(&outcome.lease_changes, now);
             }

@@ -247,6 +247,7 @@ async fn scenario() {
     assert!(r.created && r.watch_id == 0, "{r:?}");
 
     kv_l.put(put("k/b", "x")).await.expect("put");
+    kv_l.put(put("k/b", "y")).await.expect("put");
     kv_l.put(put("other", "x")).await.expect("put");
     let d = kv_l
         .delete_range(DeleteRangeRequest { key: Bytes::from("k/a"), ..Default::default() })
@@ -258,7 +259,7 @@ async fn scenario() {
     // sees only the delete. Responses of the two may interleave; sort them apart.
     let mut w0 = Vec::new();
     let mut w7 = Vec::new();
-    while w0.len() < 2 || w7.is_empty() {
+    while w0.len() < 3 || w7.is_empty() {
         let r = s1.next().await;
         for e in r.events {
             let kv = e.kv.clone().unwrap_or_default();
@@ -273,13 +274,17 @@ async fn scenario() {
     assert_eq!(w0[0].0, EventType::Put as i32);
     assert_eq!(w0[0].1, "k/b");
     assert!(w0[0].2.is_none(), "k/b was new");
-    assert_eq!(w0[1].0, EventType::Delete as i32);
-    assert_eq!(w0[1].2.as_ref().map(|p| p.value.clone()), Some(Bytes::from("2")), "prev_kv");
+    assert_eq!(w0[1].1, "k/b");
+    let prev = w0[1].2.as_ref().expect("an overwrite's prev_kv");
+    assert_eq!((prev.value.clone(), prev.version), (Bytes::from("x"), 1), "prev_kv");
+    assert_eq!(w0[2].0, EventType::Delete as i32);
+    assert_eq!(w0[2].2.as_ref().map(|p| p.value.clone()), Some(Bytes::from("2")), "prev_kv");
     assert_eq!(w7.len(), 1);
     assert_eq!(w7[0].0, EventType::Delete as i32);
     assert!(w7[0].2.is_none(), "no prev_kv asked for");
-    let ev = s2.events(0, 2).await;
+    let ev = s2.events(0, 3).await;
     let want = vec![
+        (EventType::Put, String::from("k/b"), del_rev - 3),
         (EventType::Put, String::from("k/b"), del_rev - 2),
         (EventType::Delete, String::from("k/a"), del_rev),
     ];
@@ -307,9 +312,9 @@ async fn scenario() {
     let mut s3 = WatchStream::open(leader.clone()).await;
     s3.create(create("k/", "k0", rev_a, 0)).await;
     assert!(s3.next().await.created);
-    let ev = s3.events(0, 6).await;
+    let ev = s3.events(0, 7).await;
     let keys: Vec<&str> = ev.iter().map(|e| e.1.as_str()).collect();
-    assert_eq!(keys, ["k/a", "k/a", "k/b", "k/a", "k/a", "k/a"]);
+    assert_eq!(keys, ["k/a", "k/a", "k/b", "k/b", "k/a", "k/a", "k/a"]);
     assert!(ev.windows(2).all(|w| w[0].2 < w[1].2), "revision order: {ev:?}");
 
     // A slow reader: far more events than a stream queues, while nobody reads. The watcher is

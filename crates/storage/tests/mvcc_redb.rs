@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use quorumkv_storage::disk::{CrashMode, Disk, RealDisk, SimDisk};
 use quorumkv_storage::mvcc::{
     ALL_FROM_KEY, CommitDurability, MemStore, MvccError, MvccStore, MvccTxn, RangeOptions,
-    RedbOptions, RedbStore, SINGLE_KEY, conformance,
+    RedbOptions, RedbStore, Replaced, SINGLE_KEY, conformance,
 };
 
 const DB: &str = "/data/state.redb";
@@ -418,18 +418,23 @@ fn clean_reopen_keeps_everything_and_stats_report_the_file() {
 }
 
 /// More history on top of `conformance::populated_store`: puts, deletes and a compaction.
-fn more_history<S: MvccStore>(store: &S) {
+/// Adds puts, deletes and a compaction; returns what each put replaced (the key index's
+/// record of the previous version).
+fn more_history<S: MvccStore>(store: &S) -> Vec<Option<Replaced>> {
     let mut index = store.applied_index();
+    let mut replaced = Vec::new();
     for i in 0..20u32 {
         index += 1;
         let mut txn = store.write_txn().expect("txn");
-        txn.put(format!("key/{:02}", i % 5).as_bytes(), &i.to_le_bytes(), 0).expect("put");
+        let key = format!("key/{:02}", i % 5);
+        replaced.push(txn.put(key.as_bytes(), &i.to_le_bytes(), 0).expect("put"));
         if i % 6 == 5 {
             txn.delete_range(b"key/01", SINGLE_KEY).expect("delete");
         }
         txn.commit(index).expect("commit");
     }
     store.compact(store.current_revision() - 10).expect("compact");
+    replaced
 }
 
 /// The key index is derived from the rows: a reopened store (index rebuilt by one scan) answers
@@ -451,9 +456,11 @@ fn reopen_rebuilds_the_key_index() {
     let reference = conformance::populated_store(&MemStore::new);
     let store = open();
     conformance::assert_same_stores(&store, &reference);
-    // It keeps working: new history and a compaction over the rebuilt index.
-    more_history(&store);
-    more_history(&reference);
+    // It keeps working: new history and a compaction over the rebuilt index, each put
+    // deriving its version, create revision and replaced lease from the rebuilt entries.
+    let replaced = more_history(&store);
+    assert!(replaced.iter().any(|r| r.is_some_and(|r| r.lease != 0)), "leased keys overwritten");
+    assert_eq!(replaced, more_history(&reference));
     conformance::assert_same_stores(&store, &reference);
     store.sync().expect("sync");
     drop(store);

@@ -14,6 +14,7 @@
 use bytes::Bytes;
 
 use super::MvccError;
+use super::index::IndexedRev;
 
 /// First byte of a metadata row.
 pub(crate) const META_PREFIX: u8 = b'm';
@@ -147,6 +148,27 @@ pub(crate) fn version_key_of(row: &[u8]) -> Result<(&[u8], bool), MvccError> {
     Ok((key, tombstone))
 }
 
+/// A live version row's create revision, version and lease, which start at `at`.
+fn live_fields(row: &[u8], at: usize) -> Result<(i64, i64, i64), MvccError> {
+    let field = |n: usize| {
+        row.get(at + 8 * n..at + 8 * (n + 1))
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_le_bytes)
+            .ok_or_else(|| corrupt("version row too short"))
+    };
+    Ok((field(0)?, field(1)?, field(2)?))
+}
+
+/// The user key of the version row at `rev` and its key index entry (the value is not read).
+pub(crate) fn indexed_rev_of(row: &[u8], rev: Revision) -> Result<(&[u8], IndexedRev), MvccError> {
+    let (key, tombstone) = version_key_of(row)?;
+    if tombstone {
+        return Ok((key, IndexedRev::from_parts(rev, true, 0, 0, 0)));
+    }
+    let (create_revision, version, lease) = live_fields(row, KEY_HEADER_BYTES + key.len())?;
+    Ok((key, IndexedRev::from_parts(rev, false, create_revision, version, lease)))
+}
+
 impl VersionRecord {
     /// The marker a delete of `key` leaves.
     pub(crate) fn tombstone(key: Bytes) -> Self {
@@ -203,13 +225,7 @@ impl VersionRecord {
             return Ok(Self::tombstone(key));
         }
         let at = KEY_HEADER_BYTES + key.len();
-        let field = |n: usize| {
-            row.get(at + 8 * n..at + 8 * (n + 1))
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(i64::from_le_bytes)
-                .ok_or_else(|| corrupt("version row too short"))
-        };
-        let (create_revision, version, lease) = (field(0)?, field(1)?, field(2)?);
+        let (create_revision, version, lease) = live_fields(row, at)?;
         let value = if skip_value {
             Bytes::new()
         } else {

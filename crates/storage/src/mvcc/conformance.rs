@@ -24,7 +24,7 @@ use quorumkv_core::rng::Rng;
 
 use super::{
     ALL_FROM_KEY, Event, EventKind, ImageInfo, ImageRecord, ImageSource, KeyValue, MvccError,
-    MvccStore, MvccTxn, RangeOptions, Revision, SINGLE_KEY, SealResult,
+    MvccStore, MvccTxn, RangeOptions, Replaced, Revision, SINGLE_KEY, SealResult,
 };
 
 /// Declares one `#[test]` per conformance case, each on fresh stores built by `$make`.
@@ -91,6 +91,16 @@ fn keys_of(kvs: &[KeyValue]) -> Vec<&[u8]> {
     kvs.iter().map(|kv| kv.key.as_ref()).collect()
 }
 
+/// What a put reports of the version `kv` it replaced.
+fn replaced(kv: &KeyValue) -> Replaced {
+    Replaced {
+        mod_revision: kv.mod_revision,
+        create_revision: kv.create_revision,
+        version: kv.version,
+        lease: kv.lease,
+    }
+}
+
 /// Commits one transaction of puts at `index`; returns the commit revision.
 fn put_all<S: MvccStore>(store: &S, index: u64, puts: &[(&[u8], &[u8])]) -> i64 {
     let mut txn = store.write_txn().expect("write txn");
@@ -127,7 +137,7 @@ pub fn puts_set_versions_and_revisions<S: MvccStore>(make: &dyn Fn() -> S) {
     assert_eq!(txn.put(b"b", b"1", 7).expect("put"), None);
     // A second put of the same key in one transaction sees the first.
     let prev = txn.put(b"a", b"2", 0).expect("put");
-    assert_eq!(prev, Some(kv(b"a", 2, 2, 1, 0, b"1")));
+    assert_eq!(prev, Some(replaced(&kv(b"a", 2, 2, 1, 0, b"1"))));
     let res = txn.commit(1).expect("commit");
     assert_eq!(res.revision, 2);
     assert_eq!(res.events.len(), 3);
@@ -139,7 +149,7 @@ pub fn puts_set_versions_and_revisions<S: MvccStore>(make: &dyn Fn() -> S) {
 
     let mut txn = store.write_txn().expect("txn");
     let prev = txn.put(b"a", b"3", 9).expect("put");
-    assert_eq!(prev, Some(kv(b"a", 2, 2, 2, 0, b"2")));
+    assert_eq!(prev, Some(replaced(&kv(b"a", 2, 2, 2, 0, b"2"))));
     assert_eq!(txn.commit(2).expect("commit").revision, 3);
     assert_eq!(get(&store, b"a", 0), Some(kv(b"a", 2, 3, 3, 9, b"3")));
     assert_eq!(get(&store, b"b", 0), Some(kv(b"b", 2, 2, 1, 7, b"1")));
@@ -767,6 +777,9 @@ pub fn random_ops_with_seed<S: MvccStore>(make: &dyn Fn() -> S, seed: u64, txns:
         let mut state = model.states[model.states.len() - 1].clone();
         let mut events = Vec::new();
         let mut compact_to = None;
+        // Every third transaction has put events without prev_kv (as the state machine runs).
+        let carry_prev_kv = index % 3 != 0;
+        txn.set_events_carry_prev_kv(carry_prev_kv);
         for _ in 0..rng.range(0, 5) {
             let key = rng.pick(&MODEL_KEYS).copied().unwrap_or(b"a");
             match rng.range(0, 20) {
@@ -775,7 +788,7 @@ pub fn random_ops_with_seed<S: MvccStore>(make: &dyn Fn() -> S, seed: u64, txns:
                     let lease = rng.range(0, 3) as i64;
                     let prev = state.get(key).cloned();
                     let got = txn.put(key, &value, lease).expect("put");
-                    assert_eq!(got, prev);
+                    assert_eq!(got, prev.as_ref().map(replaced));
                     let new = kv(
                         key,
                         prev.as_ref().map_or(rev, |p| p.create_revision),
@@ -827,7 +840,14 @@ pub fn random_ops_with_seed<S: MvccStore>(make: &dyn Fn() -> S, seed: u64, txns:
             }
         }
         let res = txn.commit(index).expect("commit");
-        assert_eq!(res.events, events);
+        let reported: Vec<Event> = events
+            .iter()
+            .map(|e| match e.kind {
+                EventKind::Put if !carry_prev_kv => Event { prev_kv: None, ..e.clone() },
+                _ => e.clone(),
+            })
+            .collect();
+        assert_eq!(res.events, reported);
         if !events.is_empty() {
             model.states.push(state);
             model.events.extend(events);
@@ -844,6 +864,13 @@ pub fn random_ops_with_seed<S: MvccStore>(make: &dyn Fn() -> S, seed: u64, txns:
     let restored = make();
     restored.restore(&mut store.image().expect("image")).expect("restore");
     check_against_model(&restored, &model, &mut rng);
+    // The restored key index knows what a put derives from each key's latest version.
+    let latest = &model.states[model.states.len() - 1];
+    let mut txn = restored.write_txn().expect("txn");
+    for key in MODEL_KEYS {
+        let got = txn.put(key, b"after restore", 0).expect("put");
+        assert_eq!(got, latest.get(key).map(replaced), "put after restore");
+    }
 }
 
 /// Sealed commands in one transaction get consecutive revisions, sub-revisions from 0, their

@@ -27,13 +27,13 @@ use parking_lot::RwLockReadGuard;
 use quorumkv_core::LogIndex;
 
 use super::codec::{
-    self, REV_END, Revision, SYS_KEY, Sys, VersionRecord, meta_key, meta_name, parse_rev_key,
-    rev_key, row_cost, version_key_of,
+    self, REV_END, Revision, SYS_KEY, Sys, VersionRecord, indexed_rev_of, meta_key, meta_name,
+    parse_rev_key, rev_key, row_cost, version_key_of,
 };
 use super::index::{IndexedRev, KeyIndex, Overlay, SharedIndex, key_bounds, latest_of};
 use super::{
     CommitResult, Event, EventBatch, EventKind, ImageInfo, ImageRecord, ImageSource, KeyValue,
-    MvccError, RangeOptions, RangeResult, SealResult,
+    MvccError, RangeOptions, RangeResult, Replaced, SealResult,
 };
 
 /// Rows fetched per primitive scan call.
@@ -87,8 +87,8 @@ pub(crate) fn rebuild_index<R: Rows + ?Sized>(rows: &R, sys: &Sys) -> Result<Key
         let batch = rows.scan(&cursor, REV_END, SCAN_BATCH_ROWS)?;
         for (row_key, row) in &batch {
             let rev = parse_rev_key(row_key)?;
-            let (key, tombstone) = version_key_of(row)?;
-            index.push(key, IndexedRev { rev, tombstone })?;
+            let (key, entry) = indexed_rev_of(row, rev)?;
+            index.push(key, entry)?;
             versions += 1;
         }
         match batch.last() {
@@ -423,6 +423,8 @@ pub(crate) struct TxnState {
     pending_compaction: Option<PendingCompaction>,
     /// The transaction's changes to the key index, published at commit.
     overlay: Overlay,
+    /// Whether put events carry the version they replaced (see `MvccTxn::put`).
+    pub events_carry_prev_kv: bool,
 }
 
 impl TxnState {
@@ -436,6 +438,7 @@ impl TxnState {
             meta_undo: Vec::new(),
             pending_compaction: None,
             overlay: Overlay::default(),
+            events_carry_prev_kv: true,
         }
     }
 
@@ -484,7 +487,7 @@ fn write_version<W: RowsMut + ?Sized>(
     let row_key = rev_key(rev);
     let row = rec.encode();
     rows.put(&row_key, &row)?;
-    st.overlay.add(&rec.key, IndexedRev { rev, tombstone: rec.tombstone });
+    st.overlay.add(&rec.key, IndexedRev::of(rev, rec));
     st.sys.version_count += 1;
     st.sys.approx_bytes += row_cost(row_key.len(), row.len());
     Ok(())
@@ -516,13 +519,16 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
     key: &[u8],
     value: &[u8],
     lease: i64,
-) -> Result<Option<KeyValue>, MvccError> {
+) -> Result<Option<Replaced>, MvccError> {
     if key.is_empty() {
         return Err(MvccError::EmptyKey);
     }
     let key = Bytes::copy_from_slice(key);
-    let prev = match txn_latest(index, st, &key) {
-        Some(p) if !p.tombstone => {
+    // The index entry has what the new version derives from the old one; the old row is
+    // read only when the events must carry it.
+    let prev = txn_latest(index, st, &key).filter(|p| !p.tombstone);
+    let prev_kv = match prev {
+        Some(p) if st.events_carry_prev_kv => {
             Some(to_kv(load_version(&*rows, &key, p.rev, false)?, p.rev.main))
         }
         _ => None,
@@ -531,8 +537,8 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
     let rec = VersionRecord {
         key,
         tombstone: false,
-        create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
-        version: prev.as_ref().map_or(1, |p| p.version + 1),
+        create_revision: prev.map_or(rev.main, |p| p.create_revision),
+        version: prev.map_or(1, |p| p.version + 1),
         lease,
         value: Bytes::copy_from_slice(value),
     };
@@ -540,8 +546,13 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
     if prev.is_none() {
         st.sys.key_count += 1;
     }
-    st.events.push(Event { kind: EventKind::Put, kv: to_kv(rec, rev.main), prev_kv: prev.clone() });
-    Ok(prev)
+    st.events.push(Event { kind: EventKind::Put, kv: to_kv(rec, rev.main), prev_kv });
+    Ok(prev.map(|p| Replaced {
+        mod_revision: p.rev.main,
+        create_revision: p.create_revision,
+        version: p.version,
+        lease: p.lease,
+    }))
 }
 
 /// Deletes every live key in the range.
@@ -1060,7 +1071,7 @@ pub(crate) fn restore_rows<W: RowsMut + ?Sized>(
                     let row = rec.encode();
                     rows.put(&row_key, &row)?;
                     index
-                        .push(&key, IndexedRev { rev: revision, tombstone })
+                        .push(&key, IndexedRev::of(revision, &rec))
                         .map_err(|_| invalid("version records are out of order"))?;
                     sys.version_count += 1;
                     sys.approx_bytes += row_cost(row_key.len(), row.len());
@@ -1088,7 +1099,7 @@ mod tests {
     use super::*;
 
     fn rev(main: i64, sub: u32) -> IndexedRev {
-        IndexedRev { rev: Revision { main, sub }, tombstone: false }
+        IndexedRev::from_parts(Revision { main, sub }, false, 1, 1, 0)
     }
 
     fn all(index: &SharedIndex) -> Vec<(Bytes, Revision)> {

@@ -22,8 +22,9 @@
 //!   copy of a key's history).
 //!
 //! Memory: per key about 100 bytes plus the key's length (the map entry with its `Bytes` and
-//! `Vec` headers, the B-tree node share and the key's own allocation); per version 16 bytes
-//! ([`IndexedRev`]), up to 32 with `Vec` growth slack.
+//! `Vec` headers, the B-tree node share and the key's own allocation); per version 48 bytes
+//! ([`IndexedRev`]: where the version is, and its create revision, version and lease, which
+//! spare a put the read of the row it replaces), up to 96 with `Vec` growth slack.
 
 use std::collections::BTreeSet;
 use std::collections::btree_map::{self, BTreeMap};
@@ -35,15 +36,44 @@ use bytes::Bytes;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::MvccError;
-use super::codec::Revision;
+use super::codec::{Revision, VersionRecord};
 
-/// One revision of one key, as the index keeps it.
+/// One revision of one key, as the index keeps it: besides where the version is, the
+/// fields a put of the key's next version derives from it (so a put reads no row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IndexedRev {
     /// The revision of the change.
     pub rev: Revision,
     /// True if the change was a delete.
     pub tombstone: bool,
+    /// The version's create revision (0 for a delete).
+    pub create_revision: i64,
+    /// The version's version number (0 for a delete).
+    pub version: i64,
+    /// The version's lease (0 for none or a delete).
+    pub lease: i64,
+}
+
+impl IndexedRev {
+    /// The entry of version `rec` at `rev`.
+    pub(crate) fn of(rev: Revision, rec: &VersionRecord) -> Self {
+        Self::from_parts(rev, rec.tombstone, rec.create_revision, rec.version, rec.lease)
+    }
+
+    /// The entry of a version with these fields (a delete's are ignored).
+    pub(crate) fn from_parts(
+        rev: Revision,
+        tombstone: bool,
+        create_revision: i64,
+        version: i64,
+        lease: i64,
+    ) -> Self {
+        if tombstone {
+            Self { rev, tombstone, create_revision: 0, version: 0, lease: 0 }
+        } else {
+            Self { rev, tombstone, create_revision, version, lease }
+        }
+    }
 }
 
 /// Key → revisions, sorted ascending.
@@ -396,7 +426,7 @@ mod tests {
     use super::*;
 
     fn r(main: i64, sub: u32, tombstone: bool) -> IndexedRev {
-        IndexedRev { rev: Revision { main, sub }, tombstone }
+        IndexedRev::from_parts(Revision { main, sub }, tombstone, 1, 1, 0)
     }
 
     fn below(main: i64) -> Revision {

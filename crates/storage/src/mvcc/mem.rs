@@ -22,7 +22,7 @@ use super::engine::{self, Row, RowImage, Rows, RowsMut, TxnState};
 use super::index::SharedIndex;
 use super::{
     CommitResult, EventBatch, ImageInfo, ImageRecord, ImageSource, KeyValue, MvccError, MvccStore,
-    MvccTxn, RangeOptions, RangeResult, SealResult, StoreStats,
+    MvccTxn, RangeOptions, RangeResult, Replaced, SealResult, StoreStats,
 };
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -220,9 +220,15 @@ impl MvccTxn for MemTxn<'_> {
         engine::txn_range(&*self.guard.rows, self.index, self.state()?, key, range_end, opts)
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, MvccError> {
+    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<Replaced>, MvccError> {
         let (mut rows, index, state) = self.parts()?;
         engine::put(&mut rows, index, state, key, value, lease)
+    }
+
+    fn set_events_carry_prev_kv(&mut self, on: bool) {
+        if let Some(state) = self.state.as_mut() {
+            state.events_carry_prev_kv = on;
+        }
     }
 
     fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {

@@ -58,6 +58,20 @@ pub struct KeyValue {
     pub value: Bytes,
 }
 
+/// The version a put replaced, as the key index knows it (no value: reading that takes a
+/// row read, which a put spares itself).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replaced {
+    /// Revision of the replaced version.
+    pub mod_revision: i64,
+    /// Revision at which the key was created.
+    pub create_revision: i64,
+    /// Its version number.
+    pub version: i64,
+    /// Its lease, 0 for none.
+    pub lease: i64,
+}
+
 /// What a change did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -330,8 +344,13 @@ pub trait MvccTxn {
         let res = self.range(key, &[], &RangeOptions::default())?;
         Ok(res.kvs.into_iter().next())
     }
-    /// Puts `value` under `key` with `lease` (0 = none); returns the version it replaced.
-    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, MvccError>;
+    /// Puts `value` under `key` with `lease` (0 = none); returns what the key index knows of
+    /// the version it replaced (read the key first for its value).
+    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<Replaced>, MvccError>;
+    /// Whether the events of later puts carry the version they replaced (`prev_kv`): on by
+    /// default; off spares each put of an existing key a row read, and whoever needs the
+    /// previous version reads it at `mod_revision - 1` (as etcd's watch does).
+    fn set_events_carry_prev_kv(&mut self, on: bool);
     /// Deletes every key in the range (etcd `range_end` conventions); returns what it deleted.
     fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, MvccError>;
     /// Sets a metadata entry, committed atomically with the data.

@@ -38,7 +38,7 @@ use super::engine::{self, Row, RowImage, Rows, RowsMut, TxnState};
 use super::index::SharedIndex;
 use super::{
     CommitResult, EventBatch, ImageInfo, ImageRecord, ImageSource, KeyValue, MvccError, MvccStore,
-    MvccTxn, RangeOptions, RangeResult, SealResult, StoreStats,
+    MvccTxn, RangeOptions, RangeResult, Replaced, SealResult, StoreStats,
 };
 use crate::disk::{Disk, DiskFile, OpenMode};
 
@@ -374,8 +374,12 @@ impl MvccTxn for RedbTxn<'_> {
         self.read_rows(|rows, index, st| engine::txn_range(rows, index, st, key, range_end, opts))
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, MvccError> {
+    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<Replaced>, MvccError> {
         self.with_rows(|rows, index, st| engine::put(rows, index, st, key, value, lease))
+    }
+
+    fn set_events_carry_prev_kv(&mut self, on: bool) {
+        self.state.events_carry_prev_kv = on;
     }
 
     fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {

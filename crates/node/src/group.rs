@@ -1211,3 +1211,56 @@ impl Group {
         s.members = self.members.values().cloned().collect();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use quorumkv_storage::disk::SimDisk;
+    use quorumkv_storage::mvcc::{CommitDurability, RedbOptions};
+
+    use super::*;
+
+    fn shared() -> Shared {
+        let disk = SimDisk::new(1);
+        disk.create_dir_all(Path::new("/data")).expect("mkdir");
+        let options =
+            RedbOptions { durability: CommitDurability::ON_SYNC_ONLY, cache_bytes: 1 << 20 };
+        let store = RedbStore::open(Arc::new(disk), Path::new("/data/state.redb"), options)
+            .expect("open store");
+        Shared {
+            status: RwLock::new(GroupStatus::default()),
+            store: Arc::new(store),
+            hub: Mutex::new(WatchHub::new(1, WatchConfig::default())),
+            hub_notify: Notify::new(),
+            metrics: Arc::new(Metrics::default()),
+            read_lease: RwLock::new(None),
+        }
+    }
+
+    fn apply(shared: &Shared, index: LogIndex) {
+        let mut txn = shared.store.write_txn().expect("txn");
+        txn.put(b"k", &index.to_le_bytes(), 0).expect("put");
+        txn.commit(index).expect("commit");
+    }
+
+    /// A lease read needs both: the window still open, and the store caught up with the
+    /// commit index the window was taken at (a new leader may hold a lease before it applied
+    /// what its predecessor acknowledged). Fails with either check removed.
+    #[test]
+    fn a_lease_read_needs_an_open_window_and_the_windows_commit_index_applied() {
+        let shared = shared();
+        apply(&shared, 1);
+        assert!(!shared.lease_read_now(), "no lease published");
+        let later = Instant::now() + Duration::from_secs(60);
+        *shared.read_lease.write() = Some(LeaseWindow { deadline: later, commit_index: 2 });
+        assert!(!shared.lease_read_now(), "index 2 is committed but not applied here yet");
+        apply(&shared, 2);
+        assert!(shared.lease_read_now(), "open window, commit index applied");
+        let past =
+            Instant::now().checked_sub(Duration::from_millis(1)).expect("an instant before now");
+        *shared.read_lease.write() = Some(LeaseWindow { deadline: past, commit_index: 2 });
+        assert!(!shared.lease_read_now(), "the window has closed");
+        assert_eq!(shared.metrics.lease_reads.load(Relaxed), 1, "only the read served is counted");
+    }
+}

@@ -18,16 +18,16 @@
 //!   [`KeyIndex::epoch`], which readers also check.
 //! - A transaction never changes it: its revisions sit in an [`Overlay`] until commit, so a
 //!   dropped transaction or a rolled-back command leaves no trace here.
-//! - Per put, the work is a map lookup and a `Vec` push (amortised O(1) per version, never a
+//! - Per put, the work is a hash lookup and a `Vec` push (amortised O(1) per version, never a
 //!   copy of a key's history).
 //!
-//! Memory: per key about 100 bytes plus the key's length (the map entry with its `Bytes` and
-//! `Vec` headers, the B-tree node share and the key's own allocation); per version 48 bytes
+//! Memory: per key about 150 bytes plus the key's length (the hash map entry with its `Bytes`
+//! and `Vec` headers, the ordered set's `Bytes` and B-tree node share, the key's own
+//! allocation, shared by both); per version 48 bytes
 //! ([`IndexedRev`]: where the version is, and its create revision, version and lease, which
 //! spare a put the read of the row it replaces), up to 96 with `Vec` growth slack.
 
-use std::collections::BTreeSet;
-use std::collections::btree_map::{self, BTreeMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::iter::Peekable;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,10 +111,68 @@ pub(crate) fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBo
     }
 }
 
+/// Key → revisions, the keys also kept in order: a point lookup (every put, every single-key
+/// read) hashes the key once, where a search of a B-tree of keys compares it with a dozen
+/// others, each behind a pointer; a range walks the ordered set.
+#[derive(Debug, Default)]
+struct KeyMap {
+    revs: HashMap<Bytes, Vec<IndexedRev>>,
+    /// The keys of `revs`, sharing their allocations.
+    order: BTreeSet<Bytes>,
+}
+
+impl KeyMap {
+    fn get(&self, key: &[u8]) -> Option<&Vec<IndexedRev>> {
+        self.revs.get(key)
+    }
+
+    fn get_key_value(&self, key: &[u8]) -> Option<(&Bytes, &Vec<IndexedRev>)> {
+        self.revs.get_key_value(key)
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Vec<IndexedRev>> {
+        self.revs.get_mut(key)
+    }
+
+    /// Adds a key that is not in the map.
+    fn insert(&mut self, key: Bytes, revs: Vec<IndexedRev>) {
+        self.order.insert(key.clone());
+        self.revs.insert(key, revs);
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        self.revs.remove(key);
+        self.order.remove(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.revs.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Vec<IndexedRev>> {
+        self.revs.values()
+    }
+
+    /// The keys in `bounds`, in order, with their revisions.
+    fn range<'a>(
+        &'a self,
+        bounds: KeyBounds<'_>,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Vec<IndexedRev>)> + 'a {
+        let keys = self.order.range::<[u8], _>(bounds);
+        keys.filter_map(|k| self.revs.get(k).map(|revs| (k, revs)))
+    }
+
+    /// Every key, in order, with its revisions.
+    fn iter(&self) -> impl Iterator<Item = (&Bytes, &Vec<IndexedRev>)> {
+        self.range((Bound::Unbounded, Bound::Unbounded))
+    }
+}
+
 /// The shared index of one store.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
-    keys: KeyRevs,
+    keys: KeyMap,
     /// The highest compacted revision whose removals have been applied here.
     compacted: i64,
     /// Bumped by every restore (which replaces the index wholesale).
@@ -124,7 +182,7 @@ pub(crate) struct KeyIndex {
 impl KeyIndex {
     /// An empty index of a store compacted at `compacted`.
     pub(crate) fn new(compacted: i64) -> Self {
-        Self { keys: KeyRevs::new(), compacted, epoch: 0 }
+        Self { keys: KeyMap::default(), compacted, epoch: 0 }
     }
 
     /// The highest compacted revision whose removals have been applied.
@@ -182,7 +240,7 @@ impl KeyIndex {
     /// holds).
     pub(crate) fn versions_up_to(&self, revision: i64) -> Vec<(Bytes, Revision)> {
         let mut out = Vec::new();
-        for (key, revs) in &self.keys {
+        for (key, revs) in self.keys.iter() {
             for r in revs.iter().take_while(|r| r.rev.main <= revision) {
                 out.push((key.clone(), r.rev));
             }
@@ -198,7 +256,7 @@ impl KeyIndex {
         bounds: KeyBounds<'_>,
         f: &mut WalkFn<'_>,
     ) -> Result<(), MvccError> {
-        let base = self.keys.range::<[u8], _>(bounds);
+        let base = self.keys.range(bounds);
         match overlay {
             None => {
                 for (key, revs) in base {
@@ -277,13 +335,18 @@ pub(crate) fn compaction_drop_count(revs: &[IndexedRev], revision: i64) -> usize
     }
 }
 
-/// Merges two key-ordered map ranges into (key, revisions of the first, of the second).
-struct Merge<'a> {
-    a: Peekable<btree_map::Range<'a, Bytes, Vec<IndexedRev>>>,
-    b: Peekable<btree_map::Range<'a, Bytes, Vec<IndexedRev>>>,
+/// Merges two key-ordered ranges into (key, revisions of the first, of the second).
+struct Merge<'a, A: Iterator<Item = KeyEntry<'a>>, B: Iterator<Item = KeyEntry<'a>>> {
+    a: Peekable<A>,
+    b: Peekable<B>,
 }
 
-impl<'a> Iterator for Merge<'a> {
+/// A key and its revisions, borrowed.
+type KeyEntry<'a> = (&'a Bytes, &'a Vec<IndexedRev>);
+
+impl<'a, A: Iterator<Item = KeyEntry<'a>>, B: Iterator<Item = KeyEntry<'a>>> Iterator
+    for Merge<'a, A, B>
+{
     type Item = (&'a Bytes, &'a [IndexedRev], &'a [IndexedRev]);
 
     fn next(&mut self) -> Option<Self::Item> {

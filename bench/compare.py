@@ -4,7 +4,8 @@
 Starts a 3-member etcd cluster (Debian's etcd-server, installed if absent) and a 3-node
 quorumkv cluster on loopback, both fsyncing before they acknowledge; runs the same matrix on
 both with `quorumkv bench` (an etcd v3 API client), alternating systems cell by cell; measures
-server CPU time per operation from /proc (all members together); prints one table with the
+server CPU time per operation from /proc (all members together) and the load generator's
+own CPU per operation (it shares the cores); prints one table with the
 quorumkv/etcd ratio per row and writes it as JSON and as an HTML page with a bar chart.
 
 Everything it starts is stopped at the end, also on error or Ctrl-C. Every run is bounded.
@@ -18,6 +19,7 @@ import argparse
 import html
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -131,10 +133,17 @@ def bench(qkv, cluster, workload, clients, duration, warmup, extra=()):
             "--connections", str(min(max(1, clients // 4), 16)),
             "--duration", str(duration), "--warmup", str(warmup), "--keys", "10000",
             "--value-size", "256", "--json", "--label", cluster.name, *extra]
+    # The load generator's own CPU (user + system), from the rusage of waited-for children:
+    # it shares the machine's cores with the servers, so it bounds what any server can reach.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(args, capture_output=True, text=True, timeout=duration + warmup + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise RuntimeError(f"bench against {cluster.name} failed: {r.stderr.strip()[-500:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    client_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    out["client_cpu_us_per_op"] = client_s * 1e6 / max(1, out.get("ops", 0))
+    return out
 
 
 def wait_ready(qkv, cluster, timeout=60):
@@ -177,7 +186,8 @@ def render_html(rows, machine, command):
         f"<td>{r['etcd']['ops_per_sec']:,.0f}</td><td>{r['quorumkv']['ops_per_sec']:,.0f}</td><td>{r['ratio_ops']:.2f}</td>"
         f"<td>{r['etcd']['latency_ms_p50']:.2f}</td><td>{r['quorumkv']['latency_ms_p50']:.2f}</td>"
         f"<td>{r['etcd']['latency_ms_p99']:.2f}</td><td>{r['quorumkv']['latency_ms_p99']:.2f}</td>"
-        f"<td>{r['etcd']['cpu_us_per_op']:.0f}</td><td>{r['quorumkv']['cpu_us_per_op']:.0f}</td><td>{r['ratio_cpu']:.2f}</td></tr>"
+        f"<td>{r['etcd']['cpu_us_per_op']:.0f}</td><td>{r['quorumkv']['cpu_us_per_op']:.0f}</td><td>{r['ratio_cpu']:.2f}</td>"
+        f"<td>{r['etcd']['client_cpu_us_per_op']:.0f}</td><td>{r['quorumkv']['client_cpu_us_per_op']:.0f}</td></tr>"
         for r in rows)
     return f"""<!doctype html><meta charset="utf-8"><title>quorumkv vs etcd</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
@@ -185,7 +195,10 @@ def render_html(rows, machine, command):
 <p>{html.escape(machine)}<br><code>{html.escape(command)}</code></p>
 {svg}
 <table><tr><th>cell</th><th>etcd ops/s</th><th>quorumkv ops/s</th><th>ratio</th><th>etcd p50 ms</th><th>qkv p50 ms</th>
-<th>etcd p99 ms</th><th>qkv p99 ms</th><th>etcd CPU µs/op</th><th>qkv CPU µs/op</th><th>CPU ratio</th></tr>{table}</table>"""
+<th>etcd p99 ms</th><th>qkv p99 ms</th><th>etcd CPU µs/op</th><th>qkv CPU µs/op</th><th>CPU ratio</th>
+<th>client CPU µs/op (etcd run)</th><th>client CPU µs/op (qkv run)</th></tr>{table}</table>
+<p>Server CPU is all three members together; client CPU is the load generator's, which runs on
+the same cores.</p>"""
 
 
 def main():
@@ -237,12 +250,13 @@ def main():
     if args.quorumkv_flags:
         machine += f"; quorumkv servers run with {args.quorumkv_flags}"
     command = "python3 bench/compare.py " + " ".join(sys.argv[1:])
-    print(f"{'cell':<12} {'etcd ops/s':>11} {'qkv ops/s':>11} {'ratio':>6} {'etcd p50':>9} {'qkv p50':>8} {'etcd p99':>9} {'qkv p99':>8} {'etcd µs/op':>10} {'qkv µs/op':>9} {'cpu ratio':>9}")
+    print(f"{'cell':<12} {'etcd ops/s':>11} {'qkv ops/s':>11} {'ratio':>6} {'etcd p50':>9} {'qkv p50':>8} {'etcd p99':>9} {'qkv p99':>8} {'etcd µs/op':>10} {'qkv µs/op':>9} {'cpu ratio':>9} {'client µs/op':>13}")
     for r in rows:
         e, q = r["etcd"], r["quorumkv"]
         print(f"{r['name']:<12} {e['ops_per_sec']:>11,.0f} {q['ops_per_sec']:>11,.0f} {r['ratio_ops']:>6.2f} "
               f"{e['latency_ms_p50']:>9.2f} {q['latency_ms_p50']:>8.2f} {e['latency_ms_p99']:>9.2f} {q['latency_ms_p99']:>8.2f} "
-              f"{e['cpu_us_per_op']:>10.0f} {q['cpu_us_per_op']:>9.0f} {r['ratio_cpu']:>9.2f}")
+              f"{e['cpu_us_per_op']:>10.0f} {q['cpu_us_per_op']:>9.0f} {r['ratio_cpu']:>9.2f} "
+              f"{e['client_cpu_us_per_op']:>6.0f}/{q['client_cpu_us_per_op']:<6.0f}")
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump({"machine": machine, "command": command, "rows": rows}, f, indent=2)
     with open(os.path.join(args.out, "compare.html"), "w") as f:

@@ -241,7 +241,7 @@ fn pick_latest(
             if !opts.count_only {
                 // The index's copy of the key is shared, not copied.
                 let k = stored.cloned().unwrap_or_else(|| Bytes::copy_from_slice(key));
-                picked.kvs.push((k, latest.rev));
+                picked.kvs.push((k, latest.rev()));
             }
         }
         return Ok(picked);
@@ -254,7 +254,7 @@ fn pick_latest(
                     return Ok(true);
                 }
                 if opts.limit == 0 || (picked.kvs.len() as u64) < opts.limit {
-                    picked.kvs.push((k.clone(), latest.rev));
+                    picked.kvs.push((k.clone(), latest.rev()));
                 } else {
                     picked.more = true;
                 }
@@ -363,7 +363,7 @@ pub(crate) fn events_since<R: Rows>(
         for ((rev, rec), prev) in changes.into_iter().zip(prevs) {
             let prev_kv = match prev {
                 Some(p) if !p.tombstone => {
-                    Some(to_kv(load_version(&snap.rows, &rec.key, p.rev, false)?, p.rev.main))
+                    Some(to_kv(load_version(&snap.rows, &rec.key, p.rev(), false)?, p.main))
                 }
                 _ => None,
             };
@@ -529,7 +529,7 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
     let prev = txn_latest(index, st, &key).filter(|p| !p.tombstone);
     let prev_kv = match prev {
         Some(p) if st.events_carry_prev_kv => {
-            Some(to_kv(load_version(&*rows, &key, p.rev, false)?, p.rev.main))
+            Some(to_kv(load_version(&*rows, &key, p.rev(), false)?, p.main))
         }
         _ => None,
     };
@@ -548,7 +548,7 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
     }
     st.events.push(Event { kind: EventKind::Put, kv: to_kv(rec, rev.main), prev_kv });
     Ok(prev.map(|p| Replaced {
-        mod_revision: p.rev.main,
+        mod_revision: p.main,
         create_revision: p.create_revision,
         version: p.version,
         lease: p.lease,
@@ -658,8 +658,8 @@ pub(crate) fn compact(st: &mut TxnState, revision: i64) -> Result<(), MvccError>
 /// and those the transaction added: every one below `until` but the latest, which stays
 /// unless it is a tombstone.
 fn compaction_drops(base: &[IndexedRev], added: &[IndexedRev], until: i64) -> Vec<Revision> {
-    let nb = base.partition_point(|r| r.rev.main < until);
-    let na = added.partition_point(|r| r.rev.main < until);
+    let nb = base.partition_point(|r| r.main < until);
+    let na = added.partition_point(|r| r.main < until);
     let last = match na.checked_sub(1) {
         Some(i) => added.get(i),
         None => nb.checked_sub(1).and_then(|i| base.get(i)),
@@ -669,7 +669,7 @@ fn compaction_drops(base: &[IndexedRev], added: &[IndexedRev], until: i64) -> Ve
         Some(last) if last.tombstone => nb + na,
         Some(_) => nb + na - 1,
     };
-    base[..nb].iter().chain(&added[..na]).take(drop).map(|r| r.rev).collect()
+    base[..nb].iter().chain(&added[..na]).take(drop).map(|r| r.rev()).collect()
 }
 
 /// Removes the rows a compaction at `p.until` drops, found by one walk of the key index

@@ -123,6 +123,9 @@ pub struct NodeConfig {
     /// UNSAFE: with `lease_reads`, a leader's read lease never ends, not even when it loses
     /// leadership (shows that the checkers catch a broken lease).
     pub unsafe_lease_never_expires: bool,
+    /// UNSAFE: compact the log without syncing the store first (shows that a power cut after
+    /// such a compaction is caught).
+    pub unsafe_compact_before_store_sync: bool,
 }
 
 impl Default for NodeConfig {
@@ -158,6 +161,7 @@ impl Default for NodeConfig {
             unsafe_stale_reads: false,
             unsafe_clock_offset_ms: 0,
             unsafe_lease_never_expires: false,
+            unsafe_compact_before_store_sync: false,
         }
     }
 }
@@ -279,7 +283,8 @@ impl NodeConfig {
         }
         let unsafe_used = self.unsafe_stale_reads
             || self.unsafe_clock_offset_ms != 0
-            || self.unsafe_lease_never_expires;
+            || self.unsafe_lease_never_expires
+            || self.unsafe_compact_before_store_sync;
         if unsafe_used && !self.unsafe_test_settings {
             return bad("unsafe_* settings need unsafe_test_settings = true (tests only)".into());
         }

@@ -350,6 +350,8 @@ pub struct GroupParams {
     pub clock_offset_ms: i64,
     /// Publish a read lease that never ends (unsafe; tests only).
     pub unsafe_lease_never_expires: bool,
+    /// Compact the log without syncing the store first (unsafe; tests only).
+    pub unsafe_compact_before_store_sync: bool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Disk, for snapshot files.
@@ -403,6 +405,7 @@ struct Group {
     /// UNSAFE (tests only): publish the read lease without its end and keep it after losing
     /// leadership, to show that the checkers catch a broken lease.
     unsafe_lease_never_expires: bool,
+    unsafe_compact_before_store_sync: bool,
 }
 
 /// Starts the group's loop; returns its handle and the join handle of its task.
@@ -473,6 +476,7 @@ pub fn start(p: GroupParams) -> Result<(GroupHandle, tokio::task::JoinHandle<()>
         tick_base: 0,
         tick_epoch: epoch,
         unsafe_lease_never_expires: p.unsafe_lease_never_expires,
+        unsafe_compact_before_store_sync: p.unsafe_compact_before_store_sync,
     };
     g.connect_members();
     g.refresh_status();
@@ -1124,6 +1128,11 @@ impl Group {
         }
         self.snapshotting = true;
         let (store, tx) = (self.shared.store.clone(), self.snapshot_tx.clone());
+        if self.unsafe_compact_before_store_sync {
+            // The planted bug: the log goes while the store's commits may not be durable.
+            let _ = tx.send(Ok(Compaction::StoreSynced(through)));
+            return;
+        }
         tokio::task::spawn_blocking(move || {
             // Every commit through `through` happened before this sync began.
             let synced = store.sync().map(|()| Compaction::StoreSynced(through));

@@ -21,4 +21,4 @@ pub mod ports;
 pub mod transport;
 
 pub use config::NodeConfig;
-pub use node::{RunningNode, StartError, start};
+pub use node::{RunningNode, StartError, start, start_on};

@@ -249,9 +249,15 @@ fn load_snapshot(
 
 /// Starts a node and serves its three ports until the returned node is shut down.
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
+    start_on(cfg, Arc::new(RealDisk)).await
+}
+
+/// [`start`] with the WAL, store and snapshot files on `disk` (tests run nodes on a
+/// `SimDisk` to cut their power). The data directory's lock file is always on the real
+/// file system.
+pub async fn start_on(cfg: NodeConfig, disk: Arc<dyn Disk>) -> Result<RunningNode, StartError> {
     cfg.validate()?;
     let lock = lock_dir(&cfg.data_dir)?;
-    let disk: Arc<dyn Disk> = Arc::new(RealDisk);
     let (restore, sm, writer, snapshots) = recover(&cfg, disk.clone())?;
     let peer_listener = bind(&cfg.peer_addr, "peer", "peer-addr").await?;
     let client_listener = bind(&cfg.client_addr, "client", "client-addr").await?;
@@ -316,6 +322,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         unsafe_stale_reads: cfg.unsafe_stale_reads,
         clock_offset_ms: cfg.unsafe_clock_offset_ms,
         unsafe_lease_never_expires: cfg.unsafe_lease_never_expires,
+        unsafe_compact_before_store_sync: cfg.unsafe_compact_before_store_sync,
         metrics: metrics.clone(),
         disk,
         snapshot_dir: cfg.data_dir.join("snap"),

@@ -15,6 +15,10 @@ use quorumkv_node::{NodeConfig, RunningNode, StartError, start_on};
 use quorumkv_storage::disk::{Disk, SimDisk};
 use tonic::transport::Channel;
 
+#[path = "../../cli/tests/bounded_run/mod.rs"]
+mod bounded_run;
+use bounded_run::poll_until_async;
+
 const WAIT: Duration = Duration::from_secs(20);
 /// Compaction every 40 applied entries, keeping 20: 100 puts compact the log at least twice.
 const SNAPSHOT_ENTRIES: u64 = 40;
@@ -44,12 +48,10 @@ async fn kv(node: &RunningNode) -> KvClient<Channel> {
     KvClient::new(channel)
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits (bounded) for a condition of the node's status, which no event announces.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let held = poll_until_async(WAIT, Duration::from_millis(10), async || done()).await;
+    assert!(held, "timed out waiting until {what}");
 }
 
 /// Writes `PUTS` keys (each acknowledged), waits for the log to be compacted, cuts the power,

@@ -409,8 +409,9 @@ impl WatchHub {
         self.fed_revision = revision;
         let mut touched: Vec<(WatchId, usize)> = Vec::new();
         let mut scratch = std::mem::take(&mut self.scratch);
-        // Each event's prev_kv, read once, when a watcher first asks for it.
-        let mut prev_kvs: Vec<Option<Option<KeyValue>>> = vec![None; events.len()];
+        // Each event's prev_kv, read once, when a watcher first asks for it (allocated only
+        // then: most commits have no such watcher, and this runs for every commit).
+        let mut prev_kvs: Vec<Option<Option<KeyValue>>> = Vec::new();
         for (i, ev) in events.iter().enumerate() {
             scratch.clear();
             if let Some(ids) = self.exact.get(&ev.kv.key) {
@@ -429,6 +430,9 @@ impl WatchHub {
                     touched.push((*id, w.outbox.len()));
                 }
                 let prev_kv = if w.spec.prev_kv {
+                    if prev_kvs.is_empty() {
+                        prev_kvs.resize(events.len(), None);
+                    }
                     prev_kvs[i].get_or_insert_with(|| prev_kv_of(store, events, i)).clone()
                 } else {
                     None

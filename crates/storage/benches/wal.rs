@@ -19,7 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use quorumkv_core::{Entry, EntryKind, SnapshotMeta};
 use quorumkv_storage::disk::RealDisk;
 use quorumkv_storage::wal::{Wal, WalError, WalOp, WalOptions, WalWriter, WriterOptions};
@@ -74,12 +77,18 @@ fn appender(
     }
 }
 
-fn bench_append(c: &mut Criterion) {
-    let mut group = c.benchmark_group("wal_append");
+/// A benchmark group with the short sampling every appender case uses (each sample fsyncs).
+fn short_group<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
+    group
+}
+
+fn bench_append(c: &mut Criterion) {
+    let mut group = short_group(c, "wal_append");
     let cases = [(1u64, 1u64), (16, 1), (256, 1), (16, 16), (256, 8)];
     for size in [100usize, 4096] {
         for (appenders, window) in cases {
@@ -97,11 +106,7 @@ fn bench_append(c: &mut Criterion) {
 /// node's default) and into segments that grow with every append: what the reservation saves
 /// per fsync.
 fn bench_reserve(c: &mut Criterion) {
-    let mut group = c.benchmark_group("wal_reserve");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = short_group(c, "wal_reserve");
     for (name, preallocate) in [("reserved", true), ("growing", false)] {
         let opts = WalOptions { preallocate, ..WalOptions::default() };
         append_case(&mut group, BenchmarkId::from_parameter(name), opts, 100, 1, 1);

@@ -405,6 +405,8 @@ struct Group {
     /// UNSAFE (tests only): publish the read lease without its end and keep it after losing
     /// leadership, to show that the checkers catch a broken lease.
     unsafe_lease_never_expires: bool,
+    /// UNSAFE (tests only): compact the log without syncing the store first, to show that a
+    /// power cut after such a compaction is caught.
     unsafe_compact_before_store_sync: bool,
 }
 

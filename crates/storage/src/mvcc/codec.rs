@@ -14,7 +14,7 @@
 use bytes::Bytes;
 
 use super::MvccError;
-use super::index::IndexedRev;
+use super::index::{IndexedRev, LiveFields};
 
 /// First byte of a metadata row.
 pub(crate) const META_PREFIX: u8 = b'm';
@@ -159,14 +159,18 @@ fn live_fields(row: &[u8], at: usize) -> Result<(i64, i64, i64), MvccError> {
     Ok((field(0)?, field(1)?, field(2)?))
 }
 
-/// The user key of the version row at `rev` and its key index entry (the value is not read).
-pub(crate) fn indexed_rev_of(row: &[u8], rev: Revision) -> Result<(&[u8], IndexedRev), MvccError> {
+/// The user key of the version row at `rev`, its key index entry and its version's fields
+/// (the value is not read).
+pub(crate) fn indexed_rev_of(
+    row: &[u8],
+    rev: Revision,
+) -> Result<(&[u8], IndexedRev, LiveFields), MvccError> {
     let (key, tombstone) = version_key_of(row)?;
     if tombstone {
-        return Ok((key, IndexedRev::from_parts(rev, true, 0, 0, 0)));
+        return Ok((key, IndexedRev::new(rev, true), LiveFields::default()));
     }
     let (create_revision, version, lease) = live_fields(row, KEY_HEADER_BYTES + key.len())?;
-    Ok((key, IndexedRev::from_parts(rev, false, create_revision, version, lease)))
+    Ok((key, IndexedRev::new(rev, false), LiveFields { create_revision, version, lease }))
 }
 
 impl VersionRecord {

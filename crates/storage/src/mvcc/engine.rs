@@ -30,7 +30,7 @@ use super::codec::{
     self, REV_END, Revision, SYS_KEY, Sys, VersionRecord, indexed_rev_of, meta_key, meta_name,
     parse_rev_key, rev_key, row_cost, version_key_of,
 };
-use super::index::{IndexedRev, KeyIndex, Overlay, SharedIndex, key_bounds, latest_of};
+use super::index::{IndexedRev, KeyIndex, LiveFields, Overlay, SharedIndex, key_bounds, latest_of};
 use super::{
     CommitResult, Event, EventBatch, EventKind, ImageInfo, ImageRecord, ImageSource, KeyValue,
     MvccError, RangeOptions, RangeResult, Replaced, SealResult,
@@ -87,8 +87,8 @@ pub(crate) fn rebuild_index<R: Rows + ?Sized>(rows: &R, sys: &Sys) -> Result<Key
         let batch = rows.scan(&cursor, REV_END, SCAN_BATCH_ROWS)?;
         for (row_key, row) in &batch {
             let rev = parse_rev_key(row_key)?;
-            let (key, entry) = indexed_rev_of(row, rev)?;
-            index.push(key, entry)?;
+            let (key, entry, fields) = indexed_rev_of(row, rev)?;
+            index.push(key, entry, fields)?;
             versions += 1;
         }
         match batch.last() {
@@ -469,13 +469,8 @@ impl TxnState {
 /// The transaction is the only writer, so the committed index does not move under it, and
 /// versions a compaction in it removed are never the latest (tombstones aside, which need
 /// no row).
-fn txn_latest(index: &SharedIndex, st: &TxnState, key: &[u8]) -> Option<IndexedRev> {
-    let below = Revision { main: i64::MAX, sub: u32::MAX };
-    let added = st.overlay.added(key);
-    match added.last() {
-        Some(last) => Some(*last),
-        None => index.read().latest_below(key, below),
-    }
+fn txn_latest(index: &SharedIndex, st: &TxnState, key: &[u8]) -> Option<(IndexedRev, LiveFields)> {
+    st.overlay.latest(key).or_else(|| index.read().latest(key))
 }
 
 fn write_version<W: RowsMut + ?Sized>(
@@ -487,7 +482,7 @@ fn write_version<W: RowsMut + ?Sized>(
     let row_key = rev_key(rev);
     let row = rec.encode();
     rows.put(&row_key, &row)?;
-    st.overlay.add(&rec.key, IndexedRev::of(rev, rec));
+    st.overlay.add(&rec.key, IndexedRev::new(rev, rec.tombstone), LiveFields::of(rec));
     st.sys.version_count += 1;
     st.sys.approx_bytes += row_cost(row_key.len(), row.len());
     Ok(())
@@ -526,9 +521,9 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
     let key = Bytes::copy_from_slice(key);
     // The index entry has what the new version derives from the old one; the old row is
     // read only when the events must carry it.
-    let prev = txn_latest(index, st, &key).filter(|p| !p.tombstone);
+    let prev = txn_latest(index, st, &key).filter(|(p, _)| !p.tombstone);
     let prev_kv = match prev {
-        Some(p) if st.events_carry_prev_kv => {
+        Some((p, _)) if st.events_carry_prev_kv => {
             Some(to_kv(load_version(&*rows, &key, p.rev(), false)?, p.main))
         }
         _ => None,
@@ -537,8 +532,8 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
     let rec = VersionRecord {
         key,
         tombstone: false,
-        create_revision: prev.map_or(rev.main, |p| p.create_revision),
-        version: prev.map_or(1, |p| p.version + 1),
+        create_revision: prev.map_or(rev.main, |(_, f)| f.create_revision),
+        version: prev.map_or(1, |(_, f)| f.version + 1),
         lease,
         value: Bytes::copy_from_slice(value),
     };
@@ -547,11 +542,11 @@ pub(crate) fn put<W: RowsMut + ?Sized>(
         st.sys.key_count += 1;
     }
     st.events.push(Event { kind: EventKind::Put, kv: to_kv(rec, rev.main), prev_kv });
-    Ok(prev.map(|p| Replaced {
+    Ok(prev.map(|(p, f)| Replaced {
         mod_revision: p.main,
-        create_revision: p.create_revision,
-        version: p.version,
-        lease: p.lease,
+        create_revision: f.create_revision,
+        version: f.version,
+        lease: f.lease,
     }))
 }
 
@@ -813,12 +808,10 @@ pub(crate) fn publish(
     overlay: &Overlay,
     engine_commit: impl FnOnce() -> Result<(), MvccError>,
 ) -> Result<(), MvccError> {
-    if !overlay.is_empty() {
-        index.write().append(overlay);
-    }
+    let appended = (!overlay.is_empty()).then(|| index.write().append(overlay));
     if let Err(e) = engine_commit() {
-        if !overlay.is_empty() {
-            index.write().unappend(overlay);
+        if let Some(appended) = appended {
+            index.write().unappend(overlay, appended);
         }
         return Err(e);
     }
@@ -1071,7 +1064,7 @@ pub(crate) fn restore_rows<W: RowsMut + ?Sized>(
                     let row = rec.encode();
                     rows.put(&row_key, &row)?;
                     index
-                        .push(&key, IndexedRev::of(revision, &rec))
+                        .push(&key, IndexedRev::new(revision, rec.tombstone), LiveFields::of(&rec))
                         .map_err(|_| invalid("version records are out of order"))?;
                     sys.version_count += 1;
                     sys.approx_bytes += row_cost(row_key.len(), row.len());
@@ -1099,7 +1092,7 @@ mod tests {
     use super::*;
 
     fn rev(main: i64, sub: u32) -> IndexedRev {
-        IndexedRev::from_parts(Revision { main, sub }, false, 1, 1, 0)
+        IndexedRev::new(Revision { main, sub }, false)
     }
 
     fn all(index: &SharedIndex) -> Vec<(Bytes, Revision)> {
@@ -1111,15 +1104,16 @@ mod tests {
     #[test]
     fn a_failed_engine_commit_leaves_the_index_as_before() {
         let mut base = KeyIndex::new(0);
-        for (key, r) in [(&b"a"[..], rev(2, 0)), (b"a", rev(3, 0)), (b"b", rev(3, 1))] {
-            base.push(key, r).expect("push");
+        let fields = |version| LiveFields { create_revision: 2, version, lease: 0 };
+        for (key, r, v) in [(&b"a"[..], rev(2, 0), 1), (b"a", rev(3, 0), 2), (b"b", rev(3, 1), 1)] {
+            base.push(key, r, fields(v)).expect("push");
         }
         let index = SharedIndex::new(base);
         let before = all(&index);
         let (a, c) = (Bytes::from_static(b"a"), Bytes::from_static(b"c"));
         let mut overlay = Overlay::default();
-        overlay.add(&a, rev(4, 0));
-        overlay.add(&c, rev(4, 1));
+        overlay.add(&a, rev(4, 0), fields(3));
+        overlay.add(&c, rev(4, 1), fields(1));
         overlay.record_compaction([a.clone()].into_iter().collect(), 4);
         let failed = publish(&index, &overlay, || {
             let top = Revision { main: i64::MAX, sub: 0 };
@@ -1128,6 +1122,7 @@ mod tests {
         });
         assert!(matches!(failed, Err(MvccError::Corrupt(_))));
         assert_eq!(all(&index), before);
+        assert_eq!(index.read().latest(b"a"), Some((rev(3, 0), fields(2))), "fields restored");
         assert_eq!(index.read().compacted(), 0);
         publish(&index, &overlay, || Ok(())).expect("publish");
         let revision = |main, sub| Revision { main, sub };

@@ -21,11 +21,12 @@
 //! - Per put, the work is a hash lookup and a `Vec` push (amortised O(1) per version, never a
 //!   copy of a key's history).
 //!
-//! Memory: per key about 150 bytes plus the key's length (the hash map entry with its `Bytes`
-//! and `Vec` headers, the ordered set's `Bytes` and B-tree node share, the key's own
-//! allocation, shared by both); per version 40 bytes
-//! ([`IndexedRev`]: where the version is, and its create revision, version and lease, which
-//! spare a put the read of the row it replaces), up to 80 with `Vec` growth slack.
+//! Memory: per version 16 bytes ([`IndexedRev`]: where the version is, and whether it is a
+//! delete), up to 32 with `Vec` growth slack; per key the key's length plus about 290 bytes,
+//! measured (the hash map entry with its `Bytes` and `Vec` headers and the latest version's
+//! create revision, version and lease — what spares a put the read of the row it replaces —,
+//! the map's slack, the ordered set's `Bytes` and B-tree node share, and the key's own
+//! allocation with the header its sharing needs).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::iter::Peekable;
@@ -38,10 +39,9 @@ use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::MvccError;
 use super::codec::{Revision, VersionRecord};
 
-/// One revision of one key, as the index keeps it: besides where the version is, the
-/// fields a put of the key's next version derives from it (so a put reads no row). The
-/// revision is stored flat, not as a [`Revision`], so the tombstone flag shares its padding:
-/// 40 bytes, not 48.
+/// One revision of one key, as the index keeps it: where the version is and whether it is a
+/// delete. Stored flat, not as a [`Revision`], so the tombstone flag shares the sub-revision's
+/// padding: 16 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IndexedRev {
     /// Main revision of the change.
@@ -50,34 +50,12 @@ pub(crate) struct IndexedRev {
     pub sub: u32,
     /// True if the change was a delete.
     pub tombstone: bool,
-    /// The version's create revision (0 for a delete).
-    pub create_revision: i64,
-    /// The version's version number (0 for a delete).
-    pub version: i64,
-    /// The version's lease (0 for none or a delete).
-    pub lease: i64,
 }
 
 impl IndexedRev {
-    /// The entry of version `rec` at `rev`.
-    pub(crate) fn of(rev: Revision, rec: &VersionRecord) -> Self {
-        Self::from_parts(rev, rec.tombstone, rec.create_revision, rec.version, rec.lease)
-    }
-
-    /// The entry of a version with these fields (a delete's are ignored).
-    pub(crate) fn from_parts(
-        rev: Revision,
-        tombstone: bool,
-        create_revision: i64,
-        version: i64,
-        lease: i64,
-    ) -> Self {
-        let Revision { main, sub } = rev;
-        if tombstone {
-            Self { main, sub, tombstone, create_revision: 0, version: 0, lease: 0 }
-        } else {
-            Self { main, sub, tombstone, create_revision, version, lease }
-        }
+    /// The entry of a change at `rev`.
+    pub(crate) fn new(rev: Revision, tombstone: bool) -> Self {
+        Self { main: rev.main, sub: rev.sub, tombstone }
     }
 
     /// The revision of the change.
@@ -86,8 +64,35 @@ impl IndexedRev {
     }
 }
 
-/// Key → revisions, sorted ascending.
-type KeyRevs = BTreeMap<Bytes, Vec<IndexedRev>>;
+/// What a put of a key's next version derives from its latest one, kept once per key (not per
+/// version), so a put reads no row: zero for a delete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LiveFields {
+    /// The version's create revision.
+    pub create_revision: i64,
+    /// The version's version number.
+    pub version: i64,
+    /// The version's lease (0 for none).
+    pub lease: i64,
+}
+
+impl LiveFields {
+    /// The fields of version `rec`.
+    pub(crate) fn of(rec: &VersionRecord) -> Self {
+        if rec.tombstone {
+            Self::default()
+        } else {
+            Self { create_revision: rec.create_revision, version: rec.version, lease: rec.lease }
+        }
+    }
+}
+
+/// A key's revisions, ascending, and the fields of the latest one.
+#[derive(Clone, Debug, Default)]
+struct KeyRevs {
+    revs: Vec<IndexedRev>,
+    latest: LiveFields,
+}
 
 /// Borrowed bounds of a key range.
 pub(crate) type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
@@ -126,26 +131,26 @@ pub(crate) fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBo
 /// others, each behind a pointer; a range walks the ordered set.
 #[derive(Debug, Default)]
 struct KeyMap {
-    revs: HashMap<Bytes, Vec<IndexedRev>>,
+    revs: HashMap<Bytes, KeyRevs>,
     /// The keys of `revs`, sharing their allocations.
     order: BTreeSet<Bytes>,
 }
 
 impl KeyMap {
-    fn get(&self, key: &[u8]) -> Option<&Vec<IndexedRev>> {
+    fn get(&self, key: &[u8]) -> Option<&KeyRevs> {
         self.revs.get(key)
     }
 
-    fn get_key_value(&self, key: &[u8]) -> Option<(&Bytes, &Vec<IndexedRev>)> {
+    fn get_key_value(&self, key: &[u8]) -> Option<(&Bytes, &KeyRevs)> {
         self.revs.get_key_value(key)
     }
 
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Vec<IndexedRev>> {
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut KeyRevs> {
         self.revs.get_mut(key)
     }
 
     /// Adds a key that is not in the map.
-    fn insert(&mut self, key: Bytes, revs: Vec<IndexedRev>) {
+    fn insert(&mut self, key: Bytes, revs: KeyRevs) {
         self.order.insert(key.clone());
         self.revs.insert(key, revs);
     }
@@ -160,21 +165,18 @@ impl KeyMap {
         self.revs.len()
     }
 
-    fn values(&self) -> impl Iterator<Item = &Vec<IndexedRev>> {
+    fn values(&self) -> impl Iterator<Item = &KeyRevs> {
         self.revs.values()
     }
 
     /// The keys in `bounds`, in order, with their revisions.
-    fn range<'a>(
-        &'a self,
-        bounds: KeyBounds<'_>,
-    ) -> impl Iterator<Item = (&'a Bytes, &'a Vec<IndexedRev>)> + 'a {
+    fn range<'a>(&'a self, bounds: KeyBounds<'_>) -> impl Iterator<Item = KeyEntry<'a>> + 'a {
         let keys = self.order.range::<[u8], _>(bounds);
-        keys.filter_map(|k| self.revs.get(k).map(|revs| (k, revs)))
+        keys.filter_map(|k| self.revs.get(k).map(|e| (k, e.revs.as_slice())))
     }
 
     /// Every key, in order, with its revisions.
-    fn iter(&self) -> impl Iterator<Item = (&Bytes, &Vec<IndexedRev>)> {
+    fn iter(&self) -> impl Iterator<Item = KeyEntry<'_>> {
         self.range((Bound::Unbounded, Bound::Unbounded))
     }
 }
@@ -207,7 +209,7 @@ impl KeyIndex {
 
     /// Keys whose latest revision is not a delete.
     pub(crate) fn live_key_count(&self) -> u64 {
-        self.keys.values().filter(|revs| revs.last().is_some_and(|r| !r.tombstone)).count() as u64
+        self.keys.values().filter(|e| e.revs.last().is_some_and(|r| !r.tombstone)).count() as u64
     }
 
     /// Keys indexed (live or not).
@@ -216,21 +218,28 @@ impl KeyIndex {
         self.keys.len()
     }
 
-    /// Adds `rev` of `key` while building the index from rows or image records; revisions of
-    /// one key must come in increasing order.
-    pub(crate) fn push(&mut self, key: &[u8], rev: IndexedRev) -> Result<(), MvccError> {
+    /// Adds `rev` of `key`, a version with `fields`, while building the index from rows or
+    /// image records; revisions of one key must come in increasing order.
+    pub(crate) fn push(
+        &mut self,
+        key: &[u8],
+        rev: IndexedRev,
+        fields: LiveFields,
+    ) -> Result<(), MvccError> {
         match self.keys.get_mut(key) {
-            Some(revs) => {
-                if revs.last().is_some_and(|last| last.rev() >= rev.rev()) {
+            Some(e) => {
+                if e.revs.last().is_some_and(|last| last.rev() >= rev.rev()) {
                     return Err(MvccError::Corrupt(format!(
                         "two versions of one key out of revision order at {}.{}",
                         rev.main, rev.sub
                     )));
                 }
-                revs.push(rev);
+                e.revs.push(rev);
+                e.latest = fields;
             }
             None => {
-                self.keys.insert(Bytes::copy_from_slice(key), vec![rev]);
+                let e = KeyRevs { revs: vec![rev], latest: fields };
+                self.keys.insert(Bytes::copy_from_slice(key), e);
             }
         }
         Ok(())
@@ -238,12 +247,18 @@ impl KeyIndex {
 
     /// The key as stored (shared, not copied) and its revisions.
     pub(crate) fn entry(&self, key: &[u8]) -> Option<(&Bytes, &[IndexedRev])> {
-        self.keys.get_key_value(key).map(|(k, revs)| (k, revs.as_slice()))
+        self.keys.get_key_value(key).map(|(k, e)| (k, e.revs.as_slice()))
     }
 
     /// The latest revision of `key` strictly below `below`.
     pub(crate) fn latest_below(&self, key: &[u8], below: Revision) -> Option<IndexedRev> {
-        self.keys.get(key).and_then(|revs| latest_in(revs, below))
+        self.keys.get(key).and_then(|e| latest_in(&e.revs, below))
+    }
+
+    /// The latest revision of `key` and its fields (zero if it is a delete).
+    pub(crate) fn latest(&self, key: &[u8]) -> Option<(IndexedRev, LiveFields)> {
+        let e = self.keys.get(key)?;
+        e.revs.last().map(|r| (*r, e.latest))
     }
 
     /// Every (key, revision) at or below `revision`, by key then revision (what an image
@@ -276,7 +291,7 @@ impl KeyIndex {
                 }
             }
             Some(overlay) => {
-                let added = overlay.added.range::<[u8], _>(bounds);
+                let added = overlay.added.range::<[u8], _>(bounds).map(|(k, a)| (k, &a.revs[..]));
                 let merged = Merge { a: base.peekable(), b: added.peekable() };
                 for (key, revs, more) in merged {
                     if !f(key, revs, more)? {
@@ -288,25 +303,36 @@ impl KeyIndex {
         Ok(())
     }
 
-    /// Appends the revisions a transaction added (before its engine commit).
-    pub(crate) fn append(&mut self, overlay: &Overlay) {
+    /// Appends the revisions a transaction added (before its engine commit). Returns the
+    /// fields each key's latest version had before, which [`KeyIndex::unappend`] restores.
+    pub(crate) fn append(&mut self, overlay: &Overlay) -> Appended {
+        let mut before = Vec::with_capacity(overlay.added.len());
         for (key, added) in &overlay.added {
+            let latest = added.latest;
             match self.keys.get_mut(key) {
-                Some(revs) => revs.extend_from_slice(added),
+                Some(e) => {
+                    before.push(e.latest);
+                    e.revs.extend_from_slice(&added.revs);
+                    e.latest = latest;
+                }
                 None => {
-                    self.keys.insert(key.clone(), added.clone());
+                    before.push(LiveFields::default());
+                    self.keys.insert(key.clone(), KeyRevs { revs: added.revs.clone(), latest });
                 }
             }
         }
+        Appended { before }
     }
 
-    /// Takes out again what [`KeyIndex::append`] added (the engine commit failed). Nothing can
-    /// have been appended since: writers are serialized until this is done.
-    pub(crate) fn unappend(&mut self, overlay: &Overlay) {
-        for (key, added) in &overlay.added {
-            if let Some(revs) = self.keys.get_mut(key) {
-                revs.truncate(revs.len().saturating_sub(added.len()));
-                if revs.is_empty() {
+    /// Takes out again what [`KeyIndex::append`] added (the engine commit failed), given what
+    /// that call returned. Nothing can have been appended since: writers are serialized until
+    /// this is done.
+    pub(crate) fn unappend(&mut self, overlay: &Overlay, appended: Appended) {
+        for ((key, added), latest) in overlay.added.iter().zip(appended.before) {
+            if let Some(e) = self.keys.get_mut(key) {
+                e.revs.truncate(e.revs.len().saturating_sub(added.revs.len()));
+                e.latest = latest;
+                if e.revs.is_empty() {
                     self.keys.remove(key);
                 }
             }
@@ -316,10 +342,11 @@ impl KeyIndex {
     /// Applies a committed compaction at `revision` to the keys that had versions to drop.
     pub(crate) fn compact(&mut self, keys: &BTreeSet<Bytes>, revision: i64) {
         for key in keys {
-            if let Some(revs) = self.keys.get_mut(key) {
-                let drop = compaction_drop_count(revs, revision);
-                revs.drain(..drop);
-                if revs.is_empty() {
+            if let Some(e) = self.keys.get_mut(key) {
+                // The latest version always stays unless it is a delete, so its fields do.
+                let drop = compaction_drop_count(&e.revs, revision);
+                e.revs.drain(..drop);
+                if e.revs.is_empty() {
                     self.keys.remove(key);
                 }
             }
@@ -352,7 +379,7 @@ struct Merge<'a, A: Iterator<Item = KeyEntry<'a>>, B: Iterator<Item = KeyEntry<'
 }
 
 /// A key and its revisions, borrowed.
-type KeyEntry<'a> = (&'a Bytes, &'a Vec<IndexedRev>);
+type KeyEntry<'a> = (&'a Bytes, &'a [IndexedRev]);
 
 impl<'a, A: Iterator<Item = KeyEntry<'a>>, B: Iterator<Item = KeyEntry<'a>>> Iterator
     for Merge<'a, A, B>
@@ -367,12 +394,12 @@ impl<'a, A: Iterator<Item = KeyEntry<'a>>, B: Iterator<Item = KeyEntry<'a>>> Ite
             (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
         };
         match order {
-            std::cmp::Ordering::Less => self.a.next().map(|(k, r)| (k, r.as_slice(), &[][..])),
-            std::cmp::Ordering::Greater => self.b.next().map(|(k, r)| (k, &[][..], r.as_slice())),
+            std::cmp::Ordering::Less => self.a.next().map(|(k, r)| (k, r, &[][..])),
+            std::cmp::Ordering::Greater => self.b.next().map(|(k, r)| (k, &[][..], r)),
             std::cmp::Ordering::Equal => {
                 let (k, ra) = self.a.next()?;
                 let (_, rb) = self.b.next()?;
-                Some((k, ra.as_slice(), rb.as_slice()))
+                Some((k, ra, rb))
             }
         }
     }
@@ -388,11 +415,29 @@ pub(crate) fn latest_of(
     latest_in(added, below).or_else(|| latest_in(base, below))
 }
 
+/// What [`KeyIndex::append`] replaced: per key of the overlay, in its order, the fields of
+/// the latest version before.
+#[derive(Debug)]
+pub(crate) struct Appended {
+    before: Vec<LiveFields>,
+}
+
+/// The revisions a transaction added to one key, ascending, and the fields of the latest.
+/// The fields of earlier ones are kept too (a command rolled back must find its
+/// predecessor's), in a second `Vec` that a key written once per transaction never allocates.
+#[derive(Debug)]
+struct AddedRevs {
+    revs: Vec<IndexedRev>,
+    latest: LiveFields,
+    /// The fields of `revs[..revs.len() - 1]`.
+    earlier: Vec<LiveFields>,
+}
+
 /// What a write transaction changes in the index, kept aside until its commit.
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
-    /// Revisions added by the transaction, per key, ascending.
-    added: KeyRevs,
+    /// Revisions added by the transaction, per key.
+    added: BTreeMap<Bytes, AddedRevs>,
     /// Keys the current command added revisions to (for a rollback to the last seal).
     command_keys: Vec<Bytes>,
     /// Keys with versions dropped by the transaction's compactions (applied after commit).
@@ -409,15 +454,25 @@ impl Overlay {
 
     /// The revisions the transaction added to `key`.
     pub(crate) fn added(&self, key: &[u8]) -> &[IndexedRev] {
-        self.added.get(key).map_or(&[], Vec::as_slice)
+        self.added.get(key).map_or(&[], |a| a.revs.as_slice())
     }
 
-    /// Records a new revision of `key` in the current command.
-    pub(crate) fn add(&mut self, key: &Bytes, rev: IndexedRev) {
+    /// The latest revision the transaction added to `key`, with its version's fields.
+    pub(crate) fn latest(&self, key: &[u8]) -> Option<(IndexedRev, LiveFields)> {
+        let a = self.added.get(key)?;
+        Some((*a.revs.last()?, a.latest))
+    }
+
+    /// Records a new revision of `key`, a version with `fields`, in the current command.
+    pub(crate) fn add(&mut self, key: &Bytes, rev: IndexedRev, fields: LiveFields) {
         match self.added.get_mut(key.as_ref()) {
-            Some(revs) => revs.push(rev),
+            Some(a) => {
+                a.revs.push(rev);
+                a.earlier.push(std::mem::replace(&mut a.latest, fields));
+            }
             None => {
-                self.added.insert(key.clone(), vec![rev]);
+                let a = AddedRevs { revs: vec![rev], latest: fields, earlier: Vec::new() };
+                self.added.insert(key.clone(), a);
             }
         }
         self.command_keys.push(key.clone());
@@ -431,11 +486,14 @@ impl Overlay {
     /// Forgets the revisions of the current command, whose revision is `main`.
     pub(crate) fn rollback(&mut self, main: i64) {
         for key in std::mem::take(&mut self.command_keys) {
-            if let Some(revs) = self.added.get_mut(&key) {
-                while revs.last().is_some_and(|r| r.main == main) {
-                    revs.pop();
+            if let Some(a) = self.added.get_mut(&key) {
+                while a.revs.last().is_some_and(|r| r.main == main) {
+                    a.revs.pop();
+                    if let Some(earlier) = a.earlier.pop() {
+                        a.latest = earlier;
+                    }
                 }
-                if revs.is_empty() {
+                if a.revs.is_empty() {
                     self.added.remove(&key);
                 }
             }
@@ -499,34 +557,71 @@ mod tests {
     use super::*;
 
     fn r(main: i64, sub: u32, tombstone: bool) -> IndexedRev {
-        IndexedRev::from_parts(Revision { main, sub }, tombstone, 1, 1, 0)
+        IndexedRev::new(Revision { main, sub }, tombstone)
     }
+
+    fn f(create_revision: i64, version: i64, lease: i64) -> LiveFields {
+        LiveFields { create_revision, version, lease }
+    }
+
+    const NO_FIELDS: LiveFields = LiveFields { create_revision: 0, version: 0, lease: 0 };
 
     fn below(main: i64) -> Revision {
         Revision { main, sub: 0 }
     }
 
-    /// The per-version memory the module documentation and docs/FORMAT.md promise.
+    /// The per-version and per-key memory the module documentation and docs/FORMAT.md
+    /// promise.
     #[test]
-    fn an_entry_takes_40_bytes() {
-        assert_eq!(std::mem::size_of::<IndexedRev>(), 40);
+    fn a_version_takes_16_bytes_and_a_keys_revisions_48() {
+        assert_eq!(std::mem::size_of::<IndexedRev>(), 16);
+        assert_eq!(std::mem::size_of::<KeyRevs>(), 48);
+    }
+
+    /// The latest version's fields follow every change of a key's last revision: a push, an
+    /// overlay's command and its rollback, an append and its undoing, a compaction.
+    #[test]
+    fn the_latest_fields_follow_the_last_revision() {
+        let mut index = KeyIndex::new(0);
+        index.push(b"a", r(2, 0, false), f(2, 1, 7)).expect("push");
+        index.push(b"a", r(3, 0, false), f(2, 2, 0)).expect("push");
+        assert_eq!(index.latest(b"a"), Some((r(3, 0, false), f(2, 2, 0))));
+        assert_eq!(index.latest(b"b"), None);
+
+        let a = Bytes::from_static(b"a");
+        let mut overlay = Overlay::default();
+        overlay.add(&a, r(4, 0, false), f(2, 3, 9));
+        overlay.seal();
+        overlay.add(&a, r(5, 0, true), NO_FIELDS);
+        assert_eq!(overlay.latest(b"a"), Some((r(5, 0, true), NO_FIELDS)));
+        overlay.rollback(5);
+        assert_eq!(overlay.latest(b"a"), Some((r(4, 0, false), f(2, 3, 9))), "rolled back");
+
+        let appended = index.append(&overlay);
+        assert_eq!(index.latest(b"a"), Some((r(4, 0, false), f(2, 3, 9))));
+        index.unappend(&overlay, appended);
+        assert_eq!(index.latest(b"a"), Some((r(3, 0, false), f(2, 2, 0))), "undone");
+
+        index.append(&overlay);
+        index.compact(&[a.clone()].into_iter().collect(), 4);
+        assert_eq!(index.latest(b"a"), Some((r(4, 0, false), f(2, 3, 9))), "kept by compaction");
     }
 
     #[test]
     fn lookups_merge_committed_and_added_revisions() {
         let mut index = KeyIndex::new(0);
-        index.push(b"a", r(2, 0, false)).expect("push");
-        index.push(b"a", r(4, 0, true)).expect("push");
-        index.push(b"b", r(3, 0, false)).expect("push");
-        assert!(index.push(b"a", r(4, 0, false)).is_err(), "out of order is corrupt");
+        index.push(b"a", r(2, 0, false), f(2, 1, 0)).expect("push");
+        index.push(b"a", r(4, 0, true), NO_FIELDS).expect("push");
+        index.push(b"b", r(3, 0, false), f(3, 1, 0)).expect("push");
+        assert!(index.push(b"a", r(4, 0, false), NO_FIELDS).is_err(), "out of order is corrupt");
         assert_eq!(index.latest_below(b"a", below(4)), Some(r(2, 0, false)));
         assert_eq!(index.latest_below(b"a", below(5)), Some(r(4, 0, true)));
         assert_eq!(index.latest_below(b"a", below(2)), None);
         assert_eq!(index.latest_below(b"zz", below(9)), None);
 
         let mut overlay = Overlay::default();
-        overlay.add(&Bytes::from_static(b"a"), r(6, 0, false));
-        overlay.add(&Bytes::from_static(b"c"), r(6, 1, false));
+        overlay.add(&Bytes::from_static(b"a"), r(6, 0, false), NO_FIELDS);
+        overlay.add(&Bytes::from_static(b"c"), r(6, 1, false), NO_FIELDS);
         let mut seen = Vec::new();
         index
             .walk(Some(&overlay), key_bounds(b"a", &[0]).expect("bounds"), &mut |k, base, add| {
@@ -551,21 +646,21 @@ mod tests {
     #[test]
     fn append_unappend_and_rollback_leave_no_trace() {
         let mut index = KeyIndex::new(0);
-        index.push(b"a", r(2, 0, false)).expect("push");
+        index.push(b"a", r(2, 0, false), f(2, 1, 0)).expect("push");
         let mut overlay = Overlay::default();
         let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
-        overlay.add(&a, r(3, 0, false));
+        overlay.add(&a, r(3, 0, false), NO_FIELDS);
         overlay.seal();
-        overlay.add(&a, r(4, 0, false));
-        overlay.add(&b, r(4, 1, false));
+        overlay.add(&a, r(4, 0, false), NO_FIELDS);
+        overlay.add(&b, r(4, 1, false), NO_FIELDS);
         overlay.rollback(4);
         assert_eq!(overlay.added(b"a"), &[r(3, 0, false)]);
         assert_eq!(overlay.added(b"b"), &[] as &[IndexedRev]);
-        overlay.add(&b, r(4, 0, false));
-        index.append(&overlay);
+        overlay.add(&b, r(4, 0, false), NO_FIELDS);
+        let appended = index.append(&overlay);
         assert_eq!(index.latest_below(b"a", below(9)), Some(r(3, 0, false)));
         assert_eq!(index.latest_below(b"b", below(9)), Some(r(4, 0, false)));
-        index.unappend(&overlay);
+        index.unappend(&overlay, appended);
         assert_eq!(index.latest_below(b"a", below(9)), Some(r(2, 0, false)));
         assert_eq!(index.latest_below(b"b", below(9)), None);
         assert_eq!(index.key_count(), 1);
@@ -580,7 +675,7 @@ mod tests {
             (&b"new"[..], vec![r(7, 0, false)]),
         ] {
             for rev in revs {
-                index.push(key, rev).expect("push");
+                index.push(key, rev, NO_FIELDS).expect("push");
             }
         }
         let all: BTreeSet<Bytes> =

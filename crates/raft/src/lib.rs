@@ -43,11 +43,7 @@
 //! older-term entry is never committed by counting replicas (Figure 3.7 shows how that loses
 //! committed data). A new leader therefore appends an empty entry at once. The leader counts
 //! itself only once its own copy is durable, but it may send entries to followers before
-//! persisting them (§10.2.1): persisting and replicating proceed in parallel. Followers learn
-//! the commit index from the next append or heartbeat, or from the leader's next tick; an
-//! acknowledgement that moves it sends no append of its own (so a lone write costs each
-//! follower one message each way, not two, and a follower applies at most a tick late), and
-//! a follower's read index is answered together with the commit index that read needs.
+//! persisting them (§10.2.1): persisting and replicating proceed in parallel.
 //!
 //! **Snapshots (§5).** The driver periodically compacts the log: either with an image of the
 //! state machine ([`Raft::compact`]), or, when its state machine is itself durable, with none

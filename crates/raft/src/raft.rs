@@ -112,17 +112,6 @@ struct Leader {
     lease_until: u64,
 }
 
-/// When [`Raft::send_append`] sends an append that carries no entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum EmptyAppend {
-    /// Always: a probe, or a follower that must hear from the leader now.
-    Always,
-    /// Only if the follower has not been sent the current commit index.
-    IfCommitMoved,
-    /// Never: entries only.
-    Never,
-}
-
 #[derive(Debug)]
 enum RoleState {
     Follower { incoming: Option<IncomingSnapshot> },
@@ -342,27 +331,6 @@ impl Raft {
             l.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
-        self.send_commit_index();
-    }
-
-    /// Tells each follower that has not heard it the leader's commit index. An
-    /// acknowledgement that moves the commit index sends none (see
-    /// `handle_append_response`): the next append carries it, or this, once per tick — so
-    /// on a lightly loaded group a write costs each follower one message each way, not two,
-    /// and a follower applies at most a tick late.
-    fn send_commit_index(&mut self) {
-        let committed = self.log.committed;
-        let id = self.cfg.id;
-        let Some(l) = self.leader_mut() else { return };
-        let behind: Vec<NodeId> = l
-            .progress
-            .iter()
-            .filter(|(n, p)| **n != id && p.commit_sent < committed && p.match_index > 0)
-            .map(|(&n, _)| n)
-            .collect();
-        for to in behind {
-            self.send_append(to, EmptyAppend::IfCommitMoved);
-        }
     }
 
     /// Proposes a command. On success returns the (index, term) it was appended at: it is
@@ -431,7 +399,7 @@ impl Raft {
         if caught_up {
             self.send(to, MessageBody::TimeoutNow);
         } else {
-            self.send_append(to, EmptyAppend::Always);
+            self.send_append(to, true);
         }
         Ok(())
     }
@@ -1065,14 +1033,14 @@ impl Raft {
             _ => return,
         };
         for to in peers {
-            while self.send_append(to, EmptyAppend::IfCommitMoved) {}
+            while self.send_append(to, false) {}
         }
     }
 
-    /// Sends the next append (or snapshot) to `to` if its window allows; `empty` says when an
-    /// append without entries goes. Returns true if an append carrying entries was sent and
-    /// more may follow.
-    fn send_append(&mut self, to: NodeId, empty: EmptyAppend) -> bool {
+    /// Sends the next append (or snapshot) to `to` if its window allows. With `allow_empty`,
+    /// an append without entries is sent even if the follower knows the commit index (a probe).
+    /// Returns true if an append carrying entries was sent and more may follow.
+    fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
         let committed = self.log.committed;
         let Some(l) = self.leader_mut() else { return false };
         let Some(p) = l.progress.get(&to) else { return false };
@@ -1090,12 +1058,7 @@ impl Raft {
         };
         let Some(l) = self.leader_mut() else { return false };
         let Some(p) = l.progress.get_mut(&to) else { return false };
-        let send_empty = match empty {
-            EmptyAppend::Always => true,
-            EmptyAppend::IfCommitMoved => p.commit_sent < committed,
-            EmptyAppend::Never => false,
-        };
-        if entries.is_empty() && !send_empty {
+        if entries.is_empty() && !allow_empty && p.commit_sent >= committed {
             return false;
         }
         let last = entries.last().map(|e| e.index);
@@ -1149,9 +1112,8 @@ impl Raft {
             return false;
         }
         let first_in_term = self.log.term(self.log.committed) != Some(self.term);
-        // No append goes out for the new commit index alone: the next append carries it, or
-        // the next tick (`send_commit_index`).
         self.log.commit_to(index);
+        self.leader_dirty = true;
         if first_in_term && self.log.term(self.log.committed) == Some(self.term) {
             let waiting = self.leader_mut().map(|l| std::mem::take(&mut l.reads_before_commit));
             for r in waiting.unwrap_or_default() {
@@ -1181,7 +1143,7 @@ impl Raft {
                     if p.state == ProgressState::Replicate {
                         p.become_probe();
                     }
-                    self.send_append(from, EmptyAppend::Always);
+                    self.send_append(from, true);
                 }
             }
             AppendResult::Success { match_index } => {
@@ -1205,9 +1167,7 @@ impl Raft {
                 if transfer_now {
                     self.send(from, MessageBody::TimeoutNow);
                 }
-                // Entries only: a commit index this acknowledgement moved goes out with the
-                // next append or the next tick (`send_commit_index`).
-                while self.send_append(from, EmptyAppend::Never) {}
+                while self.send_append(from, false) {}
             }
         }
     }
@@ -1239,7 +1199,7 @@ impl Raft {
         if resend_snapshot {
             self.send_snapshot_chunks(from);
         } else if behind {
-            self.send_append(from, EmptyAppend::Always);
+            self.send_append(from, true);
         }
         self.process_read_acks();
     }
@@ -1432,7 +1392,7 @@ impl Raft {
             if p.state == ProgressState::Snapshot {
                 p.become_probe();
             }
-            self.send_append(from, EmptyAppend::Always);
+            self.send_append(from, true);
             return;
         }
         let Some(s) = p.snapshot.as_mut().filter(|s| s.index == index) else { return };
@@ -1526,12 +1486,7 @@ impl Raft {
     fn release_read(&mut self, id: ReadId, from: Option<NodeId>, index: LogIndex) {
         match from {
             None => self.read_states.push(ReadState { id, index }),
-            Some(f) => {
-                // The follower serves the read once it has applied `index`: it must not wait
-                // for the next tick to learn that `index` is committed.
-                self.send_append(f, EmptyAppend::IfCommitMoved);
-                self.send(f, MessageBody::ReadIndexResponse { id, index: Some(index) });
-            }
+            Some(f) => self.send(f, MessageBody::ReadIndexResponse { id, index: Some(index) }),
         }
     }
 

@@ -156,15 +156,7 @@ impl Cluster {
     fn elect(&mut self, id: NodeId) {
         self.tick(id, 25);
         self.stabilize();
-        assert_eq!(
-            self.nodes[&id].role(),
-            Role::Leader,
-            "node {id} failed to win: {:?}",
-            self.nodes[&id].status()
-        );
-        // The new leader's first tick tells the followers that its first entry is committed.
-        self.tick(id, 1);
-        self.stabilize();
+        assert_eq!(self.nodes[&id].role(), Role::Leader, "node {id} failed to win");
     }
 
     fn leaders(&self) -> Vec<NodeId> {
@@ -275,9 +267,6 @@ fn replication_3_5_commits_with_a_minority_down() {
     for d in ["a", "b", "c"] {
         c.propose(1, d).unwrap();
     }
-    c.stabilize();
-    // Followers learn the commit index with the leader's next append or tick.
-    c.tick(1, 1);
     c.stabilize();
     for id in [1, 2, 3] {
         assert_eq!(c.applied_data(id).len(), 3, "node {id}");
@@ -655,71 +644,6 @@ fn snapshot_5_image_taken_only_when_a_follower_needs_it() {
     c.heal();
     c.tick_all(3);
     assert_eq!(c.snapshot_wanted.first(), Some(&1));
-}
-
-// A write costs each follower one append and one response: an acknowledgement that commits
-// the entry sends no append of its own; the commit index reaches the followers with the next
-// append, or with the leader's next tick, and a follower that asked for a read index with the
-// answer.
-#[test]
-fn the_commit_index_rides_on_the_next_append_or_tick() {
-    // Heartbeats (which carry the commit index too) rarely enough not to be the ones that
-    // deliver it here; leases on, so a read index is answered without a heartbeat round.
-    let mut c = Cluster::with(&[1, 2, 3], |cfg| {
-        cfg.heartbeat_interval_ticks = 9;
-        cfg.lease_read_max_drift_ticks = Some(2);
-    });
-    // Freshly started replicas refuse votes for one election timeout; let that pass.
-    c.tick_all(30);
-    let l = c.leaders()[0];
-    let followers: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&n| n != l).collect();
-    let f = followers[0];
-    let sent_before = c.delivered.len();
-    let (index, _) = c.propose(l, "a").unwrap();
-    c.stabilize();
-    let appends: Vec<_> = c.delivered[sent_before..]
-        .iter()
-        .filter(|m| m.from == l && matches!(m.body, MessageBody::Append { .. }))
-        .map(|m| m.to)
-        .collect();
-    assert_eq!(appends, followers, "one append per follower, none for the commit alone");
-    assert_eq!(c.applied_data(l), vec![Bytes::from_static(b"a")]);
-    assert!(c.applied_data(f).is_empty(), "the commit index has not reached node {f} yet");
-    c.propose(l, "b").unwrap();
-    c.stabilize();
-    assert_eq!(c.applied_data(f), vec![Bytes::from_static(b"a")], "carried by the next append");
-    let ticked = c.delivered.len();
-    c.tick(l, 1);
-    c.stabilize();
-    assert!(
-        !c.delivered[ticked..].iter().any(|m| matches!(m.body, MessageBody::Heartbeat { .. })),
-        "not a heartbeat tick"
-    );
-    for id in &followers {
-        assert_eq!(c.applied_data(*id).len(), 2, "node {id} learned it from the tick");
-    }
-    // A follower's read index comes with the commit index it needs. First a heartbeat round,
-    // which renews the lease.
-    for _ in 0..9 {
-        let before = c.delivered.len();
-        c.tick(l, 1);
-        c.stabilize();
-        if c.delivered[before..].iter().any(|m| matches!(m.body, MessageBody::Heartbeat { .. })) {
-            break;
-        }
-    }
-    assert!(c.nodes[&l].lease_valid());
-    c.propose(l, "c").unwrap();
-    c.stabilize();
-    let asked = c.delivered.len();
-    c.node(f).read_index(7).unwrap();
-    c.stabilize();
-    assert!(
-        !c.delivered[asked..].iter().any(|m| matches!(m.body, MessageBody::Heartbeat { .. })),
-        "answered from the lease, without a heartbeat round"
-    );
-    assert_eq!(c.applied_data(f).len(), 3, "node {f} applied what its read needs");
-    assert!(c.reads[&f].iter().any(|r| r.id == 7 && r.index > index));
 }
 
 // Restart: a replica rebuilt from its durable state keeps its term, vote and log.

@@ -149,14 +149,14 @@ pub(crate) fn version_key_of(row: &[u8]) -> Result<(&[u8], bool), MvccError> {
 }
 
 /// A live version row's create revision, version and lease, which start at `at`.
-fn live_fields(row: &[u8], at: usize) -> Result<(i64, i64, i64), MvccError> {
+fn live_fields(row: &[u8], at: usize) -> Result<LiveFields, MvccError> {
     let field = |n: usize| {
         row.get(at + 8 * n..at + 8 * (n + 1))
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(i64::from_le_bytes)
             .ok_or_else(|| corrupt("version row too short"))
     };
-    Ok((field(0)?, field(1)?, field(2)?))
+    Ok(LiveFields { create_revision: field(0)?, version: field(1)?, lease: field(2)? })
 }
 
 /// The user key of the version row at `rev`, its key index entry and its version's fields
@@ -169,8 +169,8 @@ pub(crate) fn indexed_rev_of(
     if tombstone {
         return Ok((key, IndexedRev::new(rev, true), LiveFields::default()));
     }
-    let (create_revision, version, lease) = live_fields(row, KEY_HEADER_BYTES + key.len())?;
-    Ok((key, IndexedRev::new(rev, false), LiveFields { create_revision, version, lease }))
+    let fields = live_fields(row, KEY_HEADER_BYTES + key.len())?;
+    Ok((key, IndexedRev::new(rev, false), fields))
 }
 
 impl VersionRecord {
@@ -229,7 +229,7 @@ impl VersionRecord {
             return Ok(Self::tombstone(key));
         }
         let at = KEY_HEADER_BYTES + key.len();
-        let (create_revision, version, lease) = live_fields(row, at)?;
+        let LiveFields { create_revision, version, lease } = live_fields(row, at)?;
         let value = if skip_value {
             Bytes::new()
         } else {

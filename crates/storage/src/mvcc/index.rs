@@ -308,7 +308,7 @@ impl KeyIndex {
     pub(crate) fn append(&mut self, overlay: &Overlay) -> Appended {
         let mut before = Vec::with_capacity(overlay.added.len());
         for (key, added) in &overlay.added {
-            let latest = added.latest;
+            let latest = added.fields.last().copied().unwrap_or_default();
             match self.keys.get_mut(key) {
                 Some(e) => {
                     before.push(e.latest);
@@ -422,15 +422,12 @@ pub(crate) struct Appended {
     before: Vec<LiveFields>,
 }
 
-/// The revisions a transaction added to one key, ascending, and the fields of the latest.
-/// The fields of earlier ones are kept too (a command rolled back must find its
-/// predecessor's), in a second `Vec` that a key written once per transaction never allocates.
+/// The revisions a transaction added to one key, ascending, and beside them each version's
+/// fields (a command rolled back must find its predecessor's).
 #[derive(Debug)]
 struct AddedRevs {
     revs: Vec<IndexedRev>,
-    latest: LiveFields,
-    /// The fields of `revs[..revs.len() - 1]`.
-    earlier: Vec<LiveFields>,
+    fields: Vec<LiveFields>,
 }
 
 /// What a write transaction changes in the index, kept aside until its commit.
@@ -460,7 +457,7 @@ impl Overlay {
     /// The latest revision the transaction added to `key`, with its version's fields.
     pub(crate) fn latest(&self, key: &[u8]) -> Option<(IndexedRev, LiveFields)> {
         let a = self.added.get(key)?;
-        Some((*a.revs.last()?, a.latest))
+        Some((*a.revs.last()?, *a.fields.last()?))
     }
 
     /// Records a new revision of `key`, a version with `fields`, in the current command.
@@ -468,10 +465,10 @@ impl Overlay {
         match self.added.get_mut(key.as_ref()) {
             Some(a) => {
                 a.revs.push(rev);
-                a.earlier.push(std::mem::replace(&mut a.latest, fields));
+                a.fields.push(fields);
             }
             None => {
-                let a = AddedRevs { revs: vec![rev], latest: fields, earlier: Vec::new() };
+                let a = AddedRevs { revs: vec![rev], fields: vec![fields] };
                 self.added.insert(key.clone(), a);
             }
         }
@@ -489,9 +486,7 @@ impl Overlay {
             if let Some(a) = self.added.get_mut(&key) {
                 while a.revs.last().is_some_and(|r| r.main == main) {
                     a.revs.pop();
-                    if let Some(earlier) = a.earlier.pop() {
-                        a.latest = earlier;
-                    }
+                    a.fields.pop();
                 }
                 if a.revs.is_empty() {
                     self.added.remove(&key);

@@ -88,7 +88,7 @@ impl LiveFields {
 }
 
 /// A key's revisions, ascending, and the fields of the latest one.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 struct KeyRevs {
     revs: Vec<IndexedRev>,
     latest: LiveFields,
